@@ -1,0 +1,118 @@
+"""The records passed between stages: one schema module for every artifact.
+
+Problems tables are parquet with columns ``id, source, problem, answer, metadata`` (metadata is a JSON
+string, so heterogeneous sources share one schema). ProcessBench-format files are jsonl with
+``id, generator, problem, steps, final_answer_correct, label`` (label = 0-based index of the first
+wrong step, -1 if all steps are right), the format of Qwen/ProcessBench.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.errors import DataError
+
+PROBLEM_COLUMNS = ["id", "source", "problem", "answer", "metadata"]
+
+STEP_MARKER = re.compile(r"(?:^|\n)\s*Step\s+(\d+)\s*:\s*")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A math problem with its gold final answer."""
+
+    id: str
+    source: str
+    problem: str
+    answer: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["metadata"] = json.dumps(self.metadata, sort_keys=True, ensure_ascii=False)
+        return row
+
+
+@dataclass(frozen=True)
+class ProcessBenchRecord:
+    """A step-by-step solution with the index of its first wrong step (-1: none)."""
+
+    id: str
+    generator: str
+    problem: str
+    steps: list[str]
+    final_answer_correct: bool
+    label: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def problems_to_frame(problems: list[Problem]) -> pd.DataFrame:
+    """The problems table in its on-disk schema."""
+    return pd.DataFrame([p.to_row() for p in problems], columns=PROBLEM_COLUMNS)
+
+
+def problems_from_frame(frame: pd.DataFrame, path: Path | str = "<frame>") -> list[Problem]:
+    """Parse a problems table; a missing column or empty answer raises DataError naming file and row."""
+    missing = [c for c in PROBLEM_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]!r} (expected {', '.join(PROBLEM_COLUMNS)})")
+    problems = []
+    for row, rec in enumerate(frame.to_dict(orient="records"), start=1):
+        if not str(rec["answer"] or "").strip():
+            raise DataError(f"{path}: row {row} (id {rec['id']!r}) has an empty answer")
+        problems.append(
+            Problem(
+                id=str(rec["id"]),
+                source=str(rec["source"]),
+                problem=str(rec["problem"]),
+                answer=str(rec["answer"]),
+                metadata=json.loads(rec["metadata"]) if rec["metadata"] else {},
+            )
+        )
+    return problems
+
+
+def processbench_from_dict(rec: dict[str, Any], where: str) -> ProcessBenchRecord:
+    """Parse one ProcessBench-format record; ``where`` (file:line) is named on error."""
+    for key in ("id", "problem", "steps", "label"):
+        if key not in rec:
+            raise DataError(f"{where}: missing field {key!r}")
+    steps = rec["steps"]
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+        raise DataError(f"{where}: 'steps' must be a non-empty list of strings")
+    label = rec["label"]
+    if not isinstance(label, int) or isinstance(label, bool) or not -1 <= label < len(steps):
+        raise DataError(f"{where}: 'label' must be an int in [-1, {len(steps) - 1}], got {label!r}")
+    return ProcessBenchRecord(
+        id=str(rec["id"]),
+        generator=str(rec.get("generator", "unknown")),
+        problem=str(rec["problem"]),
+        steps=list(steps),
+        final_answer_correct=bool(rec.get("final_answer_correct", label == -1)),
+        label=label,
+    )
+
+
+def split_steps(text: str) -> list[str]:
+    """Split a ``Step 1: ... Step 2: ...`` solution into step texts (markers removed, stripped).
+
+    Text before the first marker (if any) counts as a step of its own only when non-empty.
+    """
+    parts = STEP_MARKER.split(text)
+    head, rest = parts[0].strip(), parts[1:]
+    steps = [head] if head else []
+    steps.extend(body.strip() for body in rest[1::2])
+    return [s for s in steps if s]
+
+
+def join_steps(steps: list[str]) -> str:
+    """Inverse of ``split_steps``: ``Step 1: a\\nStep 2: b``."""
+    return "\n".join(f"Step {i}: {s}" for i, s in enumerate(steps, start=1))
