@@ -25,6 +25,7 @@ from components.config import option, section
 from components.prompts import GENPRM_SYSTEM_PROMPT, POLICY_SYSTEM_PROMPT, solution_text
 from components.smallmodel import ModelConfig
 from components.synthetic import (
+    ERROR_KINDS,
     SyntheticConfig,
     WorldProblem,
     generate_problems,
@@ -82,7 +83,7 @@ def training_solution(problem: WorldProblem, rng: random.Random, cfg: BootstrapC
     """A gold solution or, with probability ``error_fraction``, one with a single injected error."""
     if rng.random() < cfg.error_fraction:
         for _ in range(10):
-            kind = rng.choice(("arithmetic", "operand", "operation"))
+            kind = rng.choice(ERROR_KINDS)
             steps = inject_error(problem, rng, world, kind, rng.randrange(len(problem.operations)))
             if steps is not None:
                 return solution_text(steps)

@@ -11,6 +11,7 @@ Prefect flow parameters) are parsed as YAML scalars and applied before validatio
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -65,7 +66,9 @@ def apply_overrides(params: dict[str, Any], overrides: list[str]) -> dict[str, A
             raise ConfigError(f"override {item!r}: expected section.key=value")
         node = result
         for key in keys[:-1]:
-            child = node.setdefault(key, {})
+            child = node.get(key)
+            if child is None:  # an absent or null section (``hf: null``) takes overrides like an empty one
+                child = node[key] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {key!r} is not a section")
             node = child
@@ -137,9 +140,14 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     return _coerce_scalar(hint, value, where)
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
 def _coerce_scalar(hint: Any, value: Any, where: str) -> Any:
     if hint is Any:
         return value
+    if hint is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads ``1e-3`` (no dot) as a string
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, bool):
@@ -170,7 +178,10 @@ def check_sections(params: dict[str, Any], known: dict[str, type]) -> None:
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every field of ``cls``, nested sections included."""
+    """(dotted key, default, help) for every field of ``cls``, nested sections included.
+
+    An optional section (``FileSourceConfig | None``) gets a row of its own and then its keys.
+    """
     rows: list[tuple[str, str, str]] = []
     hints = get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -186,6 +197,10 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         else:
             default = "(required)"
         rows.append((key, default, field.metadata.get("help", "")))
+        if get_origin(hint) in (typing.Union, types.UnionType):
+            for arg in get_args(hint):
+                if dataclasses.is_dataclass(arg):
+                    rows.extend(describe(arg, key + "."))  # type: ignore[arg-type]
     return rows
 
 

@@ -90,8 +90,7 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if path.suffix == ".parquet":
         frame = read_parquet(path)
-        for row, record in enumerate(frame.to_dict(orient="records"), start=1):
-            yield row, record
+        yield from enumerate(frame.to_dict(orient="records"), start=1)
         return
     if path.suffix in (".jsonl", ".json"):
         yield from read_jsonl(path)

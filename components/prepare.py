@@ -52,6 +52,14 @@ class PrepareConfig:
     hf: HFSourceConfig | None = option(None, help="Hugging Face datasets source settings (source=hf).")
     output_dir: str = option("data/prepared", help="Directory for the problem tables and test set.")
 
+    def __post_init__(self) -> None:
+        for key in ("test_fraction", "processbench_error_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"prepare.{key}: must be in [0, 1], got {getattr(self, key)}")
+        for key in ("num_problems", "processbench_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"prepare.{key}: must be at least 1, got {getattr(self, key)}")
+
 
 @dataclass(frozen=True)
 class PreparedData:
@@ -64,7 +72,7 @@ class PreparedData:
 
 
 def normalize_text(text: str) -> str:
-    """Problem text for deduplication: lower case, single spaces, no trailing punctuation noise."""
+    """Problem text for deduplication: lower case, runs of whitespace as one space, stripped."""
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
@@ -115,17 +123,8 @@ def synthetic_processbench(
     )
 
 
-def validate(cfg: PrepareConfig) -> None:
-    """Range checks the types alone cannot express."""
-    if not 0.0 <= cfg.test_fraction <= 1.0:
-        raise ConfigError(f"prepare.test_fraction: must be in [0, 1], got {cfg.test_fraction}")
-    if not 0.0 <= cfg.processbench_error_fraction <= 1.0:
-        raise ConfigError("prepare.processbench_error_fraction: must be in [0, 1]")
-
-
 def run(cfg: PrepareConfig, world: SyntheticConfig) -> PreparedData:
     """Load, deduplicate, cap, split; build the synthetic ProcessBench set held out from training."""
-    validate(cfg)
     loaded = load_problems(cfg, world)
     deduped = deduplicate(loaded)
     unique = deduped if cfg.max_problems is None else deduped[: cfg.max_problems]

@@ -27,12 +27,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PAD_MULTIPLE = 32
+
 
 def encode_example(
     tokenizer: PreTrainedTokenizerFast, problem: str, solution: str, loss_on: str
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels (-100 where no loss) for one chat-formatted solution."""
-    prompt = tokenizer.apply_chat_template(chat_messages(problem), tokenize=False, add_generation_prompt=True)
+    prompt = str(
+        tokenizer.apply_chat_template(chat_messages(problem), tokenize=False, add_generation_prompt=True)
+    )
     if not solution.startswith(STEP_PREFILL):
         raise ValueError(f"solution must start with {STEP_PREFILL!r}: {solution[:40]!r}")
     head = tokenizer(prompt + STEP_PREFILL, add_special_tokens=False)["input_ids"]
@@ -48,7 +52,8 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     """Right-pad a batch of (ids, labels) into tensors."""
     import torch
 
-    width = max(len(ids) for ids, _ in batch)
+    # A few fixed widths: CPU kernels are specialised per shape, and a new shape every step is slow.
+    width = -(-max(len(ids) for ids, _ in batch) // PAD_MULTIPLE) * PAD_MULTIPLE
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -20,7 +20,8 @@ from components.errors import DataError
 
 PROBLEM_COLUMNS = ["id", "source", "problem", "answer", "metadata"]
 
-STEP_MARKER = re.compile(r"(?:^|\n)\s*Step\s+(\d+)\s*:\s*")
+# Only blanks after the colon: a newline there may begin the next marker ("Step 2:\nStep 3: ...").
+STEP_MARKER = re.compile(r"(?:^|\n)\s*Step\s+(\d+)\s*:[ \t]*")
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from components.config import option
+from components.errors import ConfigError
 from components.records import Problem, ProcessBenchRecord
 
 Op = Literal["+", "-", "*", "/"]
 ErrorKind = Literal["arithmetic", "operand", "operation"]
 ERROR_KINDS: tuple[ErrorKind, ...] = ("arithmetic", "operand", "operation")
+MAX_DRAWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,21 @@ class SyntheticConfig:
     operand_max: int = option(9, help="Operands are drawn from 1..operand_max.")
     start_max: int = option(9, help="The starting quantity is drawn from 1..start_max.")
     value_max: int = option(99, help="Every intermediate value stays within 1..value_max.")
-    ops: list[str] = option(["+", "-", "*", "/"], help="Operations to draw from (+, -, *, /).")
+    ops: list[Op] = option(["+", "-", "*", "/"], help="Operations to draw from (+, -, *, /).")
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_ops <= self.max_ops <= 6:
+            raise ConfigError(
+                "world.min_ops/max_ops: need 2 <= min_ops <= max_ops <= 6, "
+                f"got {self.min_ops} and {self.max_ops}"
+            )
+        for key in ("operand_max", "start_max", "value_max"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"world.{key}: must be at least 1, got {getattr(self, key)}")
+        if self.value_max < self.start_max:
+            raise ConfigError(f"world.value_max: must be at least start_max ({self.start_max})")
+        if not self.ops:
+            raise ConfigError("world.ops: at least one operation is needed")
 
 
 @dataclass(frozen=True)
@@ -168,7 +184,7 @@ def apply_op(op: str, left: int, operand: int) -> int | None:
 
 
 def _feasible_ops(cfg: SyntheticConfig, value: int, rng: random.Random) -> list[tuple[str, int]]:
-    choices = []
+    choices: list[tuple[str, int]] = []
     for op in cfg.ops:
         low = 2 if op in "*/" else 1
         for k in range(low, cfg.operand_max + 1):
@@ -180,8 +196,12 @@ def _feasible_ops(cfg: SyntheticConfig, value: int, rng: random.Random) -> list[
 
 
 def generate_problem(cfg: SyntheticConfig, rng: random.Random, uid: str) -> WorldProblem:
-    """Draw one problem; ops are balanced by first picking an operation type, then an operand."""
-    while True:
+    """Draw one problem; ops are balanced by first picking an operation type, then an operand.
+
+    Draws that run out of feasible operations are retried; settings under which (almost) none succeed
+    (e.g. only ``/`` with small values) raise ConfigError instead of looping forever.
+    """
+    for _ in range(MAX_DRAWS):
         template_idx = rng.randrange(len(TEMPLATES))
         template = TEMPLATES[template_idx]
         start = rng.randint(1, cfg.start_max)
@@ -212,6 +232,10 @@ def generate_problem(cfg: SyntheticConfig, rng: random.Random, uid: str) -> Worl
                 operations=tuple(operations),
                 values=tuple(values),
             )
+    raise ConfigError(
+        f"world: no problem with {cfg.min_ops}..{cfg.max_ops} operations found in {MAX_DRAWS} draws; "
+        "widen ops, operand_max or value_max"
+    )
 
 
 def problem_text(problem: WorldProblem) -> str:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from components.grading import extract_answer, grade_many, is_equivalent, normalize_gold
-
-SHARED_DATA = Path(
-    os.environ.get("GENPRM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
-MATH500 = SHARED_DATA / "math500.jsonl"
 
 # (unique_id, expected gold answer as stored, an equivalent rewrite a model might produce)
 EQUIVALENT = [
@@ -65,12 +60,10 @@ DIFFERENT = [
 
 
 @pytest.fixture(scope="module")
-def math500() -> dict[str, str]:
+def math500(shared_file: Callable[[str], Path]) -> dict[str, str]:
     """unique_id -> normalized gold answer, read from the shared MATH-500 file."""
-    if not MATH500.exists():
-        pytest.skip(f"../shared/data not found: {MATH500} is absent (set GENPRM_SHARED_DATA)")
     answers = {}
-    with MATH500.open(encoding="utf-8") as fh:
+    with shared_file("math500").open(encoding="utf-8") as fh:
         for line in fh:
             record = json.loads(line)
             answers[record["unique_id"]] = normalize_gold(record["answer"], "latex")

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +20,6 @@ from components.sources import (
     load_file_problems,
     load_hf_problems,
 )
-
-SHARED_DATA = Path(
-    os.environ.get("GENPRM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-
-
-def _shared(stem: str) -> Path:
-    path = SHARED_DATA / f"{stem}.jsonl"
-    if not path.exists():
-        pytest.skip(f"../shared/data not found: {path} is absent (set GENPRM_SHARED_DATA)")
-    return path
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
@@ -61,8 +40,10 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
         ("amc23", 40, "0", "27"),
     ],
 )
-def test_shared_files_load(stem: str, count: int, first_id: str, first_answer: str) -> None:
-    problems = load_file_problems(FileSourceConfig(path=str(_shared(stem))))
+def test_shared_files_load(
+    shared_file: Callable[[str], Path], stem: str, count: int, first_id: str, first_answer: str
+) -> None:
+    problems = load_file_problems(FileSourceConfig(path=str(shared_file(stem))))
     assert len(problems) == count
     assert len({p.id for p in problems}) == count
     first = problems[0]
@@ -71,23 +52,23 @@ def test_shared_files_load(stem: str, count: int, first_id: str, first_answer: s
 
 
 @pytest.mark.shared_data
-def test_shared_answers_by_hand() -> None:
-    gsm8k = load_file_problems(FileSourceConfig(path=str(_shared("gsm8k_test"))))
+def test_shared_answers_by_hand(shared_file: Callable[[str], Path]) -> None:
+    gsm8k = load_file_problems(FileSourceConfig(path=str(shared_file("gsm8k_test"))))
     assert gsm8k[0].problem.startswith("Janet’s ducks lay 16 eggs per day.")
     assert gsm8k[1].answer == "3"
     assert gsm8k[2].answer == "70000"  # '#### 70000' after '70,000' in the worked answer
-    amc = {p.id: p.answer for p in load_file_problems(FileSourceConfig(path=str(_shared("amc23"))))}
+    amc = {p.id: p.answer for p in load_file_problems(FileSourceConfig(path=str(shared_file("amc23"))))}
     assert (amc["0"], amc["3"]) == ("27", "3159")  # 27.0 and 3159.0 in the file
     assert "-1" in amc.values()  # -1.0
-    math500 = load_file_problems(FileSourceConfig(path=str(_shared("math500"))))
+    math500 = load_file_problems(FileSourceConfig(path=str(shared_file("math500"))))
     assert math500[0].metadata == {"subject": "Precalculus", "level": 2}
     assert math500[1].answer == "p - q"
     assert math500[2].answer == r"\frac{14}{3}"
 
 
 @pytest.mark.shared_data
-def test_explicit_fields_override_preset() -> None:
-    path = _shared("aime24")
+def test_explicit_fields_override_preset(shared_file: Callable[[str], Path]) -> None:
+    path = shared_file("aime24")
     first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
     cfg = FileSourceConfig(path=str(path), problem_field="question", source_name="aime")
     problems = load_file_problems(cfg)
