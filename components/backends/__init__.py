@@ -1,0 +1,31 @@
+"""Generation backends behind one interface: ``make_backend(BackendConfig(...)).generate(requests, params)``.
+
+See ``components.backends.base`` for the interface and semantics; ``hf`` (transformers in-process),
+``openai`` (any OpenAI-compatible server) and ``vllm`` (in-process, GPU image only) implement it.
+"""
+
+from components.backends.base import (
+    BACKENDS,
+    Backend,
+    BackendConfig,
+    CapabilityError,
+    GenerationRequest,
+    GenerationResult,
+    Sample,
+    SamplingParams,
+    TokenLogprob,
+    make_backend,
+)
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendConfig",
+    "CapabilityError",
+    "GenerationRequest",
+    "GenerationResult",
+    "Sample",
+    "SamplingParams",
+    "TokenLogprob",
+    "make_backend",
+]

@@ -1,0 +1,243 @@
+"""The generation interface every backend implements, its config, and the factory that picks one.
+
+A backend turns a batch of requests (a raw prompt or chat messages, optionally with a prefilled start of
+the assistant turn) into samples, with the same semantics everywhere:
+
+- ``messages`` are rendered with the tokenizer's chat template (``add_generation_prompt=True``) and the
+  ``prefill`` text is appended to the open assistant turn; the returned text is only what the model
+  generated after it (never the prompt or the prefill).
+- Stop strings cut the text before the first stop string and give ``finish_reason="stop"``; ending on EOS
+  is ``"stop"`` too; running into ``max_tokens`` is ``"length"``.
+- ``logprobs=k`` returns, for each generated token, its log-probability and the ``k`` most likely tokens.
+
+Use it like this::
+
+    cfg = build_config(BackendConfig, {"backend": "hf", "model": "models/policy"}, "generate.backend")
+    with make_backend(cfg) as backend:
+        [result] = backend.generate([GenerationRequest(messages=[{"role": "user", "content": q}])],
+                                    SamplingParams(n=4, temperature=0.7, max_tokens=128, seed=0))
+        texts = [s.text for s in result.samples]
+
+Implementations are picked from the plain dict ``BACKENDS``; each factory imports its module lazily, so
+``vllm`` is imported only when the ``vllm`` backend is selected.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from components.config import option
+from components.errors import GenPRMError
+
+
+class CapabilityError(GenPRMError):
+    """The backend (or the server behind it) cannot do what was asked, e.g. return logprobs."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample; the same meaning for every backend."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise GenPRMError(f"sampling: n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise GenPRMError(f"sampling: temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise GenPRMError(f"sampling: top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise GenPRMError(f"sampling: top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.max_tokens < 1:
+            raise GenPRMError(f"sampling: max_tokens must be >= 1, got {self.max_tokens}")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise GenPRMError(f"sampling: logprobs must be >= 0, got {self.logprobs}")
+        if any(not s for s in self.stop):
+            raise GenPRMError("sampling: stop strings must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        """Temperature 0 means greedy decoding."""
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt: exactly one of ``prompt`` (raw text) or ``messages`` (chat), plus an optional prefill."""
+
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    prefill: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise GenPRMError("generation request: give exactly one of prompt or messages")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token (decoded text), its log-probability, and the top-k alternatives."""
+
+    token: str
+    logprob: float
+    top: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated continuation."""
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    num_prompt_tokens: int
+    num_generated_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The ``n`` samples for one request, in sample order."""
+
+    samples: list[Sample]
+
+
+_VLLM_HELP = "vllm only: extra keyword arguments for vllm.LLM, e.g. {tensor_parallel_size: 2}."
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """Which generation backend to use and how to reach or load the model."""
+
+    backend: Literal["hf", "openai", "vllm"] = option(
+        "hf", help="hf: transformers in-process; openai: an OpenAI-compatible server; vllm: vLLM in-process."
+    )
+    model: str = option(
+        "models/policy",
+        help="Local model directory or hub id (openai: the served model name; its tokenizer is loaded "
+        "locally when available to build prompts).",
+    )
+    device: str = option("cpu", help="hf only: 'cpu', 'cuda' or 'auto' (cuda when available).")
+    dtype: str = option("float32", help="Model dtype: float32, bfloat16, float16 or auto.")
+    batch_size: int = option(32, help="hf only: sequences per generate() call (after expanding n).")
+    base_url: str | None = option(None, help="openai only: server URL, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = option("OPENAI_API_KEY", help="openai only: environment variable with the API key.")
+    max_concurrency: int = option(8, help="openai only: HTTP requests in flight at once.")
+    timeout_s: float = option(60.0, help="openai only: timeout of one HTTP request in seconds.")
+    max_retries: int = option(
+        3, help="openai only: retries on connection errors, timeouts, 5xx and 429 (exponential backoff)."
+    )
+    vllm: dict[str, Any] = option({}, help=_VLLM_HELP)
+
+
+class Backend(abc.ABC):
+    """A text generator; see the module docstring for the shared semantics."""
+
+    name: str = "backend"
+
+    @abc.abstractmethod
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        """One result per request, in the order of ``requests``, each with ``params.n`` samples."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release the model, threads or connections."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ----- helpers shared by the implementations -----
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def looks_like_path(model: str) -> bool:
+    """True when ``model`` names a local directory rather than a hub id.
+
+    Absolute, ``./``, ``../`` and ``~`` paths, paths with two or more components, and ``a/b`` whose
+    first component exists locally (``models/policy`` next to a ``models/`` folder) count as paths.
+    """
+    if model.startswith(("/", "./", "../", "~", ".\\")) or "\\" in model:
+        return True
+    if not _HUB_ID.match(model):
+        return True
+    parts = model.split("/")
+    return len(parts) == 2 and Path(parts[0]).is_dir()
+
+
+def check_local_model(model: str) -> None:
+    """Raise GenPRMError naming the path when ``model`` is path-like but no such directory exists."""
+    if looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise GenPRMError(f"model directory not found: {path}")
+
+
+def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
+    """The prompt text: chat template (with generation prompt) for messages, then the prefill."""
+    if request.messages is not None:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise GenPRMError("chat messages given but the model's tokenizer has no chat template")
+        text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        return str(text) + request.prefill
+    return (request.prompt or "") + request.prefill
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` cut before the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+# ----- the factory -----
+
+
+def _make_hf(cfg: BackendConfig) -> Backend:
+    from components.backends.hf import HFBackend
+
+    check_local_model(cfg.model)
+    return HFBackend(cfg)
+
+
+def _make_openai(cfg: BackendConfig) -> Backend:
+    from components.backends.openai import OpenAIBackend
+
+    return OpenAIBackend(cfg)
+
+
+def _make_vllm(cfg: BackendConfig) -> Backend:
+    from components.backends.vllm import VLLMBackend
+
+    check_local_model(cfg.model)
+    return VLLMBackend(cfg)
+
+
+BACKENDS: dict[str, Callable[[BackendConfig], Backend]] = {
+    "hf": _make_hf,
+    "openai": _make_openai,
+    "vllm": _make_vllm,
+}
+
+
+def make_backend(cfg: BackendConfig) -> Backend:
+    """Build the backend ``cfg.backend`` names. A path-like ``cfg.model`` must exist (hf, vllm)."""
+    try:
+        factory = BACKENDS[cfg.backend]
+    except KeyError:
+        raise GenPRMError(f"unknown backend {cfg.backend!r} (known: {', '.join(sorted(BACKENDS))})") from None
+    return factory(cfg)

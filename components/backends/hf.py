@@ -1,0 +1,264 @@
+"""In-process generation with transformers: batched, left-padded, deterministic with a seed.
+
+``HFBackend(cfg)`` loads ``cfg.model`` (a local directory or hub id) with ``AutoModelForCausalLM`` and
+``AutoTokenizer``; ``generate`` expands every request into ``n`` sequences, sorts them by prompt length
+(longest first) so each batch of ``cfg.batch_size`` holds similar lengths, left-pads each batch, runs
+``model.generate`` and returns results in the original request order.
+
+Semantics (see ``components.backends.base``):
+
+- temperature 0 is greedy; otherwise sampling with ``top_p`` and ``top_k`` (0 = off). Nothing is taken
+  from the model's ``generation_config.json`` except the EOS ids: no hidden repetition penalty or top-k.
+- Stop strings are passed to transformers' ``stop_strings`` (each sequence stops early on its own), and
+  the decoded text is cut before the first stop string; EOS or a stop string give ``"stop"``.
+- ``num_generated_tokens`` counts the tokens up to and including the EOS token or the token that
+  completed the stop string.
+- ``logprobs`` are the log-softmax of the model's RAW logits (before temperature, top-k, top-p), i.e.
+  the model's own distribution at temperature 1 - the same convention as vLLM's default. Tokens are
+  decoded one id at a time; alternatives whose decoded text collides keep the higher value.
+- With ``seed`` set, ``torch.manual_seed(seed)`` runs at the start of every ``generate`` call, so the same
+  seed, inputs and batch size give the same outputs on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from components.backends.base import (
+    Backend,
+    BackendConfig,
+    GenerationRequest,
+    GenerationResult,
+    Sample,
+    SamplingParams,
+    TokenLogprob,
+    cut_at_stop,
+    render_prompt,
+)
+from components.errors import GenPRMError
+
+log = logging.getLogger(__name__)
+
+_DTYPES: dict[str, Any] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "auto": "auto",
+}
+
+
+@dataclass
+class _Logprobs:
+    """Per-step log-probabilities of one batch: chosen token (B, T) and top-k values/ids (B, T, k)."""
+
+    chosen: torch.Tensor
+    top_values: torch.Tensor
+    top_ids: torch.Tensor
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'; anything else unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token id lists into ``(input_ids, attention_mask)`` with padding on the LEFT."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def length_order(lengths: list[int]) -> list[int]:
+    """Indices sorted by length, longest first (stable, so equal lengths keep their order)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+class HFBackend(Backend):
+    """transformers ``generate`` in this process; pass ``model``/``tokenizer`` to reuse loaded objects."""
+
+    name = "hf"
+
+    def __init__(self, cfg: BackendConfig, model: Any = None, tokenizer: Any = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(cfg.model)
+        self.tokenizer.padding_side = "left"
+        self.model = model if model is not None else self._load_model(cfg)
+        self.model.eval()
+        self.eos_ids = self._eos_ids()
+        pad = self.tokenizer.pad_token_id
+        self.pad_id: int = int(pad if pad is not None else self.eos_ids[0])
+        self._pieces: dict[int, str] = {}
+
+    @staticmethod
+    def _load_tokenizer(model: str) -> Any:
+        try:
+            return AutoTokenizer.from_pretrained(model)
+        except (OSError, ValueError) as exc:
+            raise GenPRMError(f"cannot load the tokenizer of {model!r}: {exc}") from exc
+
+    def _load_model(self, cfg: BackendConfig) -> Any:
+        if cfg.dtype not in _DTYPES:
+            raise GenPRMError(f"backend.dtype: {cfg.dtype!r} is not one of {', '.join(_DTYPES)}")
+        try:
+            model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=_DTYPES[cfg.dtype])
+        except (OSError, ValueError) as exc:
+            raise GenPRMError(f"cannot load model {cfg.model!r}: {exc}") from exc
+        return model.to(self.device)
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise GenPRMError(f"model {self.cfg.model!r} defines no EOS token")
+        return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+
+    # ----- the interface -----
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        """One result per request (original order), ``params.n`` samples each."""
+        if not requests:
+            return []
+        prompts = [self._encode(r) for r in requests]
+        items = [(r, s) for r in range(len(requests)) for s in range(params.n)]
+        order = length_order([len(prompts[r]) for r, _ in items])
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        samples: dict[tuple[int, int], Sample] = {}
+        size = max(1, self.cfg.batch_size)
+        for start in range(0, len(order), size):
+            chunk = [items[k] for k in order[start : start + size]]
+            batch = self._generate_batch([prompts[r] for r, _ in chunk], params)
+            samples.update(zip(chunk, batch, strict=True))
+        return [GenerationResult([samples[(r, s)] for s in range(params.n)]) for r in range(len(requests))]
+
+    def close(self) -> None:
+        """Drop the model so its memory can be freed."""
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ----- internals -----
+
+    def _encode(self, request: GenerationRequest) -> list[int]:
+        text = render_prompt(self.tokenizer, request)
+        # A chat template already holds its special tokens; a raw prompt gets the tokenizer's own (as vLLM).
+        special = request.messages is None
+        ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        if not ids:
+            raise GenPRMError("generation request: the prompt is empty")
+        return [int(i) for i in ids]
+
+    def generation_config(self, params: SamplingParams) -> GenerationConfig:
+        """The full GenerationConfig for ``params``; every sampling knob is set, none inherited."""
+        sampling = not params.greedy
+        return GenerationConfig(
+            max_new_tokens=params.max_tokens,
+            do_sample=sampling,
+            temperature=params.temperature if sampling else 1.0,
+            top_p=params.top_p if sampling else 1.0,
+            top_k=params.top_k if sampling else None,
+            min_p=0.0 if sampling else None,
+            typical_p=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            num_beams=1,
+            num_return_sequences=1,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            stop_strings=list(params.stop) or None,
+            return_dict_in_generate=True,
+            output_logits=params.logprobs is not None,
+        )
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
+        input_ids, mask = left_pad(prompts, self.pad_id)
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                generation_config=self.generation_config(params),
+                tokenizer=self.tokenizer if params.stop else None,
+            )
+        new = out.sequences[:, input_ids.shape[1] :].cpu()
+        lps = self._logprobs(out.logits, new, params.logprobs) if params.logprobs is not None else None
+        rows = range(len(prompts))
+        return [self._sample(new[row].tolist(), len(prompts[row]), params, lps, row) for row in rows]
+
+    @staticmethod
+    def _logprobs(logits: tuple[torch.Tensor, ...], new: torch.Tensor, k: int) -> _Logprobs:
+        chosen, values, ids = [], [], []
+        for step, step_logits in enumerate(logits):
+            lp = torch.log_softmax(step_logits.float(), dim=-1).cpu()
+            chosen.append(lp.gather(1, new[:, step : step + 1]).squeeze(1))
+            top = lp.topk(k, dim=-1) if k > 0 else None
+            values.append(top.values if top is not None else lp[:, :0])
+            ids.append(top.indices if top is not None else lp[:, :0].long())
+        return _Logprobs(torch.stack(chosen, 1), torch.stack(values, 1), torch.stack(ids, 1))
+
+    def _sample(
+        self, gen: list[int], num_prompt: int, params: SamplingParams, lps: _Logprobs | None, row: int
+    ) -> Sample:
+        count, text, reason = self._finish(gen, params.stop)
+        logprobs = None
+        if lps is not None:
+            logprobs = [
+                TokenLogprob(
+                    token=self._piece(gen[t]),
+                    logprob=float(lps.chosen[row, t]),
+                    top=self._top(lps.top_ids[row, t].tolist(), lps.top_values[row, t].tolist()),
+                )
+                for t in range(count)
+            ]
+        return Sample(text, reason, num_prompt, count, logprobs)
+
+    def _finish(self, gen: list[int], stop: list[str]) -> tuple[int, str, Literal["stop", "length"]]:
+        """(tokens generated, text, finish reason) of one row of ``generate``'s output."""
+        eos_at = next((i for i, t in enumerate(gen) if t in self.eos_ids), None)
+        ids = gen if eos_at is None else gen[:eos_at]
+        count = len(gen) if eos_at is None else eos_at + 1
+        reason: Literal["stop", "length"] = "length" if eos_at is None else "stop"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if stop:
+            cut, found = cut_at_stop(text, stop)
+            if found:
+                return self._stop_token_count(ids, stop), cut, "stop"
+        return count, text, reason
+
+    def _stop_token_count(self, ids: list[int], stop: list[str]) -> int:
+        """The fewest leading tokens of ``ids`` whose decoded text already holds a stop string."""
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if cut_at_stop(self.tokenizer.decode(ids[:mid], skip_special_tokens=True), stop)[1]:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def _piece(self, token_id: int) -> str:
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._pieces[token_id] = self.tokenizer.decode([token_id])
+        return piece
+
+    def _top(self, ids: list[int], values: list[float]) -> dict[str, float]:
+        top: dict[str, float] = {}
+        for token_id, value in zip(ids, values, strict=True):
+            piece = self._piece(token_id)
+            top[piece] = max(value, top.get(piece, float("-inf")))
+        return top
