@@ -8,7 +8,7 @@ often the policy solves held-out problems greedily and at the sampling temperatu
     genprm bootstrap [--set bootstrap.train.steps=200]
 
 Outputs ``models/policy`` (a model directory loadable with ``from_pretrained``),
-``metrics/bootstrap.json`` and ``plots/bootstrap_loss.csv``.
+``metrics/bootstrap.json`` and ``plots/bootstrap_loss.json``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Pretraining loop settings."""
 
-    steps: int = option(1500, help="Optimizer steps.")
+    steps: int = option(1000, help="Optimizer steps.")
     batch_size: int = option(32, help="Sequences per optimizer step.")
     lr: float = option(3e-3, help="Peak learning rate (AdamW).")
     min_lr_ratio: float = option(0.1, help="Final learning rate as a fraction of the peak (cosine decay).")
@@ -69,7 +69,7 @@ class BootstrapConfig:
     """The ``bootstrap`` section of params.yaml."""
 
     seed: int = option(1234, help="Seed for corpus, initialisation and sampling.")
-    corpus_size: int = option(60000, help="Training solutions generated for pretraining.")
+    corpus_size: int = option(40000, help="Training solutions generated for pretraining.")
     error_fraction: float = option(0.2, help="Fraction of training solutions with one injected error.")
     vocab_size: int = option(1024, help="BPE vocabulary size (special tokens included).")
     threads: int = option(2, help="torch CPU threads.")
@@ -92,7 +92,7 @@ def training_solution(problem: WorldProblem, rng: random.Random, cfg: BootstrapC
 
 def build_corpus(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str]) -> list[tuple[str, str]]:
     """(problem text, solution text) pairs for pretraining, skipping problems in ``exclude``."""
-    from components.prepare import normalize_text
+    from components.records import normalize_text
 
     rng = random.Random(cfg.seed)
     problems = generate_problems(world, cfg.corpus_size, seed=cfg.seed, prefix="corpus")
@@ -157,7 +157,7 @@ def run(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str], out_dir
 def held_out_texts(prepared_dir: Path) -> set[str]:
     """Problem texts that must never be trained on: the test split and the ProcessBench test set."""
     from components.io import read_jsonl, read_parquet
-    from components.prepare import normalize_text
+    from components.records import normalize_text
 
     texts = set(read_parquet(prepared_dir / "test.parquet")["problem"])
     texts.update(rec["problem"] for _, rec in read_jsonl(prepared_dir / "processbench.jsonl"))

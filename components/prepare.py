@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from components.config import option
 from components.errors import ConfigError
-from components.records import Problem, ProcessBenchRecord
+from components.records import Problem, ProcessBenchRecord, normalize_text
 from components.sources import FileSourceConfig, HFSourceConfig, load_file_problems, load_hf_problems
 from components.synthetic import (
     SyntheticConfig,
@@ -69,11 +68,6 @@ class PreparedData:
     test: list[Problem]
     processbench: list[ProcessBenchRecord]
     metrics: dict[str, Any]
-
-
-def normalize_text(text: str) -> str:
-    """Problem text for deduplication: lower case, runs of whitespace as one space, stripped."""
-    return re.sub(r"\s+", " ", text).strip().lower()
 
 
 def deduplicate(problems: list[Problem]) -> list[Problem]:

@@ -104,6 +104,9 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int 
         model = LlamaForCausalLM(LlamaConfig(**common))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Servers that read sampling defaults from the model dir (transformers serve) only sample when this is
+    # set; our in-process backends set every knob per request.
+    model.generation_config.do_sample = True
     return model
 
 

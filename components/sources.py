@@ -27,35 +27,41 @@ from components.records import Problem
 
 C = TypeVar("C", "FileSourceConfig", "HFSourceConfig")
 
-_ID_HELP = "Field holding a unique problem id; null: '<file stem or dataset name>-<line or row>'."
-_PROBLEM_HELP = "Field holding the problem statement."
-_ANSWER_HELP = "Field holding the gold final answer."
-_FORMAT_HELP = (
-    "Gold answer format: gsm8k ('... #### 18'), float (27.0 -> 27), latex or plain (strip $), "
-    "auto (numbers as float, '####' as gsm8k, else latex)."
-)
-_METADATA_HELP = "Fields copied into the problem's metadata (each must be present in every record)."
-_SOURCE_HELP = "Name recorded as each problem's source; null: the file stem / dataset name."
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """Which record fields hold the id, problem and answer, shared by the file and hf sources."""
+
+    id_field: str | None = option(
+        None, help="Field holding a unique problem id; null: '<file stem or dataset name>-<line or row>'."
+    )
+    problem_field: str = option("problem", help="Field holding the problem statement.")
+    answer_field: str = option("answer", help="Field holding the gold final answer.")
+    answer_format: Literal["auto", "gsm8k", "float", "latex", "plain"] = option(
+        "auto",
+        help="Gold answer format: gsm8k ('... #### 18'), float (27.0 -> 27), latex or plain (strip $), "
+        "auto (numbers as float, '####' as gsm8k, else latex).",
+    )
+    metadata_fields: list[str] = option(
+        [], help="Fields copied into the problem's metadata (each must be present in every record)."
+    )
+    source_name: str | None = option(
+        None, help="Name recorded as each problem's source; null: the file stem / dataset name."
+    )
 
 
 @dataclass(frozen=True)
-class FileSourceConfig:
+class FileSourceConfig(FieldMapping):
     """Problems from a local jsonl or parquet file (``prepare.file``)."""
 
     path: str = option("", help="Path of a .jsonl or .parquet file of problems (required for this source).")
     format: Literal["auto", "jsonl", "parquet"] = option(
         "auto", help="File format; auto: from the suffix (.jsonl/.json or .parquet)."
     )
-    id_field: str | None = option(None, help=_ID_HELP)
-    problem_field: str = option("problem", help=_PROBLEM_HELP)
-    answer_field: str = option("answer", help=_ANSWER_HELP)
-    answer_format: Literal["auto", "gsm8k", "float", "latex", "plain"] = option("auto", help=_FORMAT_HELP)
-    metadata_fields: list[str] = option([], help=_METADATA_HELP)
-    source_name: str | None = option(None, help=_SOURCE_HELP)
 
 
 @dataclass(frozen=True)
-class HFSourceConfig:
+class HFSourceConfig(FieldMapping):
     """Problems from a Hugging Face dataset: a hub id at a pinned revision, or a local directory."""
 
     path: str = option("", help="Hub dataset id, a local data directory, or a save_to_disk directory.")
@@ -64,12 +70,6 @@ class HFSourceConfig:
     revision: str | None = option(
         None, help="Pinned commit of a hub dataset; required when path is a hub id, unused for local paths."
     )
-    id_field: str | None = option(None, help=_ID_HELP)
-    problem_field: str = option("problem", help=_PROBLEM_HELP)
-    answer_field: str = option("answer", help=_ANSWER_HELP)
-    answer_format: Literal["auto", "gsm8k", "float", "latex", "plain"] = option("auto", help=_FORMAT_HELP)
-    metadata_fields: list[str] = option([], help=_METADATA_HELP)
-    source_name: str | None = option(None, help=_SOURCE_HELP)
 
 
 FILE_PRESETS: dict[str, dict[str, Any]] = {

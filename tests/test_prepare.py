@@ -26,11 +26,10 @@ from components.prepare import (
     PrepareConfig,
     deduplicate,
     main,
-    normalize_text,
     run,
     split,
 )
-from components.records import Problem, problems_from_frame, processbench_from_dict
+from components.records import Problem, normalize_text, problems_from_frame, processbench_from_dict
 from components.sources import FileSourceConfig
 from components.synthetic import SyntheticConfig
 

@@ -1,0 +1,93 @@
+"""A throwaway copy of the project for the flow and end-to-end tests, with a tiny params.yaml.
+
+``copy_project(repo_root, dest)`` copies the git-tracked files (``git ls-files``: sources, ``dvc.yaml``,
+``.dvc/config``; not ``.venv``, outputs or caches) into ``dest``, runs ``git init`` there so DVC finds
+its SCM, and writes :func:`tiny_params` as ``params.yaml``. ``project_env(dest)`` is the environment
+for subprocesses run in the copy: ``.venv/bin`` first on PATH (``dvc`` and the ``genprm`` script),
+the copy first on PYTHONPATH (so ``genprm`` imports the copy's ``components``), one CPU thread, offline.
+
+Import it from a test module (``from conftest_project import copy_project``); it is not a conftest
+that pytest loads by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Tiny overrides of the shipped params.yaml: both stages finish in seconds on one thread.
+TINY_OVERRIDES = [
+    "prepare.num_problems=100",
+    "prepare.processbench_size=40",
+    "bootstrap.corpus_size=300",
+    "bootstrap.vocab_size=300",
+    "bootstrap.threads=1",
+    "bootstrap.model.hidden_size=32",
+    "bootstrap.model.num_layers=2",
+    "bootstrap.model.num_heads=2",
+    "bootstrap.model.num_kv_heads=2",
+    "bootstrap.model.intermediate_size=64",
+    "bootstrap.train.steps=20",
+    "bootstrap.train.batch_size=8",
+    "bootstrap.train.warmup_steps=5",
+    "bootstrap.train.log_every=5",
+    "bootstrap.train.bf16_autocast=false",
+    "bootstrap.eval.num_problems=10",
+    "bootstrap.eval.max_new_tokens=60",
+    "bootstrap.eval.batch_size=10",
+]
+
+
+def tiny_params(repo_root: Path, extra: list[str] | None = None) -> dict[str, Any]:
+    """The shipped params.yaml with :data:`TINY_OVERRIDES` (and ``extra``) applied."""
+    from components.config import apply_overrides, read_params
+
+    return apply_overrides(read_params(repo_root / "params.yaml"), TINY_OVERRIDES + (extra or []))
+
+
+def write_params(dest: Path, params: dict[str, Any]) -> Path:
+    path = dest / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def project_env(dest: Path) -> dict[str, str]:
+    """Environment for ``dvc``/``genprm`` subprocesses run inside the copy at ``dest``."""
+    from conftest import QUIET_ENV
+
+    env = dict(os.environ)
+    env.update(QUIET_ENV)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(dest), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
+    return env
+
+
+def copy_project(repo_root: Path, dest: Path, params: dict[str, Any] | None = None) -> Path:
+    """Copy the tracked files of ``repo_root`` into ``dest``, ``git init`` it, write tiny params."""
+    listed = subprocess.run(
+        ["git", "-C", str(repo_root), "ls-files", "-z"], capture_output=True, text=True, check=True
+    ).stdout
+    for rel in filter(None, listed.split("\0")):
+        source = repo_root / rel
+        if source.is_file():  # a tracked file deleted in the working tree is skipped
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    # Untracked-but-new sources the lead has not committed yet (flows/) must travel too.
+    for package in ("components", "flows"):
+        for source in (repo_root / package).rglob("*.py"):
+            target = dest / source.relative_to(repo_root)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+    subprocess.run(["git", "init", "-q", str(dest)], check=True)
+    write_params(dest, params if params is not None else tiny_params(repo_root))
+    return dest

@@ -1,0 +1,86 @@
+"""The offline pipeline end to end with real DVC, in a throwaway git repo holding a copy of the project.
+
+``dvc repro`` runs every stage through the ``genprm`` console script with tiny params (one thread), then
+the caching promise is checked: a second ``dvc repro`` runs nothing, and changing one bootstrap param
+reruns bootstrap only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest_project import copy_project, project_env, tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        ["dvc", *args],
+        cwd=project,
+        env=project_env(project),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, (
+        f"dvc {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
+    return proc
+
+
+def _ran(proc: subprocess.CompletedProcess[str]) -> set[str]:
+    out = proc.stdout + proc.stderr
+    return {stage for stage in ("prepare", "bootstrap") if f"Running stage '{stage}'" in out}
+
+
+def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> None:
+    project = copy_project(repo_root, tmp_path / "project")
+
+    first = _dvc(project, "repro")
+    assert _ran(first) == {"prepare", "bootstrap"}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "bootstrap"}
+    assert lock["stages"]["bootstrap"]["params"]["params.yaml"]["bootstrap"]["train"]["steps"] == 20
+    for rel in (
+        "data/prepared/train.parquet",
+        "data/prepared/test.parquet",
+        "data/prepared/processbench.jsonl",
+    ):
+        assert (project / rel).is_file(), rel
+    policy = project / "models" / "policy"
+    assert (policy / "config.json").is_file() and (policy / "tokenizer.json").is_file()
+    assert not (project / "models" / "policy.partial").exists()
+    assert (project / "plots" / "bootstrap_loss.json").is_file()
+
+    shown = json.loads(_dvc(project, "metrics", "show", "--json").stdout)
+    metrics = shown[""]["data"]
+    assert set(metrics) >= {"metrics/prepare.json", "metrics/bootstrap.json"}
+    assert metrics["metrics/prepare.json"]["data"]["loaded"] == 100
+    boot = metrics["metrics/bootstrap.json"]["data"]
+    assert 0.0 <= boot["accuracy_greedy"] <= 1.0 and boot["parameters"] > 0
+
+    # Nothing changed: every stage is skipped and the lock file is untouched.
+    lock_text = (project / "dvc.lock").read_text()
+    second = _dvc(project, "repro")
+    out = second.stdout + second.stderr
+    assert _ran(second) == set()
+    assert "Stage 'prepare' didn't change" in out and "Stage 'bootstrap' didn't change" in out
+    assert (project / "dvc.lock").read_text() == lock_text
+    assert "up to date" in _dvc(project, "status").stdout
+
+    # A bootstrap param changed: bootstrap reruns, prepare does not.
+    write_params(project, tiny_params(repo_root, ["bootstrap.train.steps=10"]))
+    assert "bootstrap" in _dvc(project, "status").stdout
+    third = _dvc(project, "repro")
+    assert _ran(third) == {"bootstrap"}
+    assert "Stage 'prepare' didn't change" in third.stdout + third.stderr
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["bootstrap"]["params"]["params.yaml"]["bootstrap"]["train"]["steps"] == 10
+    curve = json.loads((project / "plots" / "bootstrap_loss.json").read_text())
+    assert curve[-1]["step"] == 10
