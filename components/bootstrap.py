@@ -49,6 +49,11 @@ class TrainConfig:
     weight_decay: float = option(0.01, help="AdamW weight decay.")
     loss_on: str = option("solution", help="'solution' (assistant turn only) or 'all' tokens.")
     log_every: int = option(50, help="Log and record the loss every this many steps.")
+    whole_text_fraction: float = option(
+        0.5,
+        help="Fraction of examples tokenized as one piece after the prompt (as step prefixes are when "
+        "prefilled); the rest are split after 'Step 1: ' (as a rollout's prompt and generation are).",
+    )
     bf16_autocast: bool = option(
         True, help="Run forward/backward under bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX)."
     )

@@ -27,22 +27,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAD_MULTIPLE = 32
+PAD_MULTIPLE = 16
 
 
 def encode_example(
-    tokenizer: PreTrainedTokenizerFast, problem: str, solution: str, loss_on: str
+    tokenizer: PreTrainedTokenizerFast,
+    problem: str,
+    solution: str,
+    loss_on: str,
+    split_at_prefill: bool = True,
 ) -> tuple[list[int], list[int]]:
-    """Token ids and labels (-100 where no loss) for one chat-formatted solution."""
+    """Token ids and labels (-100 where no loss) for one chat-formatted solution.
+
+    With ``split_at_prefill`` the text is tokenized in two pieces split after ``Step 1: ``, the boundary
+    a rollout meets (prompt + prefill, then generation). Without it, the solution is tokenized in one
+    piece after the prompt, as a prefill of whole steps (the label stage's prefixes) is tokenized.
+    """
     prompt = str(
         tokenizer.apply_chat_template(chat_messages(problem), tokenize=False, add_generation_prompt=True)
     )
     if not solution.startswith(STEP_PREFILL):
         raise ValueError(f"solution must start with {STEP_PREFILL!r}: {solution[:40]!r}")
-    head = tokenizer(prompt + STEP_PREFILL, add_special_tokens=False)["input_ids"]
-    tail = tokenizer(solution[len(STEP_PREFILL) :] + tokenizer.eos_token + "\n", add_special_tokens=False)[
-        "input_ids"
-    ]
+    cut = len(STEP_PREFILL) if split_at_prefill else 0
+    head = tokenizer(prompt + solution[:cut], add_special_tokens=False)["input_ids"]
+    tail = tokenizer(solution[cut:] + tokenizer.eos_token + "\n", add_special_tokens=False)["input_ids"]
     ids = head + tail
     labels = ids.copy() if loss_on == "all" else [-100] * len(head) + tail
     return ids, labels
@@ -64,6 +72,22 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
+def length_bucketed_batches(
+    lengths: list[int], batch_size: int, rng: random.Random, buckets: int = 16
+) -> list[list[int]]:
+    """One epoch of index batches: shuffled, then sorted by length within windows of ``buckets``
+    batches, so each batch holds similar lengths (little padding); the batch order is shuffled."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * buckets
+    batches: list[list[int]] = []
+    for start in range(0, len(order) - batch_size + 1, window):
+        chunk = sorted(order[start : start + window], key=lengths.__getitem__)
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_lr_ratio`` at the last step."""
     if step < cfg.warmup_steps:
@@ -82,19 +106,21 @@ def pretrain(
     """Train ``model`` in place on (problem, solution) pairs; returns (step, mean loss) points."""
     import torch
 
-    examples = [encode_example(tokenizer, p, s, cfg.loss_on) for p, s in pairs]
     rng = random.Random(seed)
+    examples = [
+        encode_example(tokenizer, p, s, cfg.loss_on, split_at_prefill=rng.random() >= cfg.whole_text_fraction)
+        for p, s in pairs
+    ]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     model.train()
     curve: list[tuple[int, float]] = []
     window: list[float] = []
-    order: list[int] = []
+    pending: list[list[int]] = []
     for step in tqdm(range(cfg.steps), desc="pretrain", unit="step", mininterval=5):
-        if len(order) < cfg.batch_size:
-            order = list(range(len(examples)))
-            rng.shuffle(order)
-        batch = [examples[order.pop()] for _ in range(cfg.batch_size)]
+        if not pending:
+            pending = length_bucketed_batches([len(ids) for ids, _ in examples], cfg.batch_size, rng)
+        batch = [examples[i] for i in pending.pop()]
         with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
             loss = model(**collate(batch, tokenizer.pad_token_id)).loss
         loss.backward()
