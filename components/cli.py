@@ -46,12 +46,14 @@ def configure_runtime() -> None:
     """Logging to stderr and the offline environment (a user's explicit setting wins)."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logging.basicConfig(
         level=os.environ.get("GENPRM_LOG_LEVEL", "INFO"),
         format="%(name)s: %(message)s",
-        handlers=[RichHandler(show_path=False, console=None, rich_tracebacks=False)],
+        # stderr: stdout carries only the metrics JSON (rich's default console writes to stdout)
+        handlers=[RichHandler(show_path=False, console=Console(stderr=True), rich_tracebacks=False)],
     )
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -82,6 +84,24 @@ def bootstrap(params: ParamsOption = Path("params.yaml"), set_: SetOption = None
     run_entry("bootstrap", params, set_)
 
 
+@app.command()
+def rollout(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Sample step-by-step solutions with the policy; keep balanced correct/incorrect paths.
+
+    Shard with --set rollout.shard=i/n; an interrupted run resumes where it stopped.
+    """
+    run_entry("rollout", params, set_)
+
+
+@app.command()
+def label(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Monte Carlo estimates per step prefix, then RPE and hard-MC step labels.
+
+    Shard with --set label.shard=i/n; an interrupted run resumes where it stopped.
+    """
+    run_entry("label", params, set_)
+
+
 @params_app.command("check")
 def params_check(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
     """Validate every section of the params file (unknown or mistyped keys are named)."""
@@ -102,13 +122,13 @@ def params_describe(section: Annotated[str | None, typer.Argument(help="One sect
     from rich.table import Table
 
     from components.config import describe
-    from components.params import SECTIONS
+    from components.params import SECTION_CLASSES, sections
 
-    if section is not None and section not in SECTIONS:
-        typer.echo(f"error: unknown section {section!r} (known: {', '.join(sorted(SECTIONS))})", err=True)
+    if section is not None and section not in SECTION_CLASSES:
+        typer.echo(f"error: unknown section {section!r} (known: {', '.join(SECTION_CLASSES)})", err=True)
         raise typer.Exit(code=2)
     table = Table("key", "default", "help")
-    for name, cls in SECTIONS.items():
+    for name, cls in sections().items():
         if section in (None, name):
             for key, default, text in describe(cls, prefix=f"{name}."):
                 table.add_row(key, default, text)

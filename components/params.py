@@ -4,32 +4,45 @@
     params["bootstrap"]  # a frozen BootstrapConfig
 
 Every section is validated on every load, so a typo anywhere in params.yaml fails fast, naming the key.
+A section left out of params.yaml takes its defaults. Config classes are named by import path and loaded
+on use, so reading params never imports a stage's heavy dependencies.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
-from components.bootstrap import BootstrapConfig
 from components.config import apply_overrides, build_config, read_params
 from components.errors import ConfigError
-from components.prepare import PrepareConfig
-from components.synthetic import SyntheticConfig
 
-SECTIONS: dict[str, type] = {
-    "world": SyntheticConfig,
-    "prepare": PrepareConfig,
-    "bootstrap": BootstrapConfig,
+SECTION_CLASSES: dict[str, str] = {
+    "world": "components.synthetic:SyntheticConfig",
+    "prepare": "components.prepare:PrepareConfig",
+    "bootstrap": "components.bootstrap:BootstrapConfig",
+    "rollout": "components.rollout:RolloutConfig",
+    "label": "components.label:LabelConfig",
 }
+
+
+def section_class(name: str) -> type:
+    """The config class of section ``name``."""
+    module, _, cls = SECTION_CLASSES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def sections() -> dict[str, type]:
+    """Every section name with its config class, in pipeline order."""
+    return {name: section_class(name) for name in SECTION_CLASSES}
 
 
 def load_params(params_path: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Every section of ``params_path`` (with ``overrides``) as its frozen config."""
     raw = apply_overrides(read_params(Path(params_path)), overrides or [])
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(raw) - set(SECTION_CLASSES))
     if unknown:
         raise ConfigError(
-            f"{params_path}: unknown section {unknown[0]!r} (known: {', '.join(sorted(SECTIONS))})"
+            f"{params_path}: unknown section {unknown[0]!r} (known: {', '.join(SECTION_CLASSES)})"
         )
-    return {name: build_config(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    return {name: build_config(cls, raw.get(name), name) for name, cls in sections().items()}

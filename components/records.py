@@ -3,7 +3,9 @@
 Problems tables are parquet with columns ``id, source, problem, answer, metadata`` (metadata is a JSON
 string, so heterogeneous sources share one schema). ProcessBench-format files are jsonl with
 ``id, generator, problem, steps, final_answer_correct, label`` (label = 0-based index of the first
-wrong step, -1 if all steps are right), the format of Qwen/ProcessBench.
+wrong step, -1 if all steps are right), the format of Qwen/ProcessBench, plus an optional gold final
+``answer`` (the synthetic set writes it; Monte Carlo labelling needs it). Rollout tables are parquet
+with one row per sampled path (``ROLLOUT_COLUMNS``; ``validate_rollouts`` checks one).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -20,8 +22,34 @@ from components.errors import DataError
 
 PROBLEM_COLUMNS = ["id", "source", "problem", "answer", "metadata"]
 
+StepSplit = Literal["step_marker", "blank_line"]
+"""How a solution is cut into steps: ``Step k:`` markers, or paragraphs separated by blank lines."""
+
+ROLLOUT_COLUMNS = [
+    "problem_index",
+    "problem_id",
+    "problem",
+    "gold_answer",
+    "path_id",
+    "round",
+    "text",
+    "steps",
+    "num_steps",
+    "answer",
+    "correct",
+    "valid",
+    "finish_reason",
+    "num_prompt_tokens",
+    "num_generated_tokens",
+    "kept",
+    "problem_status",
+    "pass_rate",
+]
+"""One row per sampled path of the rollout stage; ``pass_rate`` is the problem's MC_0."""
+
 # Only blanks after the colon: a newline there may begin the next marker ("Step 2:\nStep 3: ...").
 STEP_MARKER = re.compile(r"(?:^|\n)\s*Step\s+(\d+)\s*:[ \t]*")
+BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
 
 
 @dataclass(frozen=True)
@@ -50,6 +78,7 @@ class ProcessBenchRecord:
     steps: list[str]
     final_answer_correct: bool
     label: int
+    answer: str | None = None  # the gold final answer where known (Monte Carlo labelling needs it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +110,26 @@ def problems_from_frame(frame: pd.DataFrame, path: Path | str = "<frame>") -> li
     return problems
 
 
+def validate_rollouts(frame: pd.DataFrame, path: Path | str = "<frame>") -> pd.DataFrame:
+    """Check a rollout table: every column of ``ROLLOUT_COLUMNS``, unique path ids, steps on kept paths.
+
+    Raises DataError naming ``path`` and the missing column, or the (1-based) row at fault.
+    """
+    missing = [c for c in ROLLOUT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]!r} (expected {', '.join(ROLLOUT_COLUMNS)})")
+    duplicated = frame["path_id"].duplicated()
+    if duplicated.any():
+        row = int(duplicated.to_numpy().argmax()) + 1
+        raise DataError(f"{path}: row {row} repeats path_id {frame['path_id'].iloc[row - 1]!r}")
+    for row, (path_id, kept, steps) in enumerate(
+        zip(frame["path_id"], frame["kept"], frame["steps"], strict=True), start=1
+    ):
+        if bool(kept) and (steps is None or len(steps) == 0):
+            raise DataError(f"{path}: row {row} (path {path_id!r}) is kept but has no steps")
+    return frame
+
+
 def processbench_from_dict(rec: dict[str, Any], where: str) -> ProcessBenchRecord:
     """Parse one ProcessBench-format record; ``where`` (file:line) is named on error."""
     for key in ("id", "problem", "steps", "label"):
@@ -99,14 +148,21 @@ def processbench_from_dict(rec: dict[str, Any], where: str) -> ProcessBenchRecor
         steps=list(steps),
         final_answer_correct=bool(rec.get("final_answer_correct", label == -1)),
         label=label,
+        answer=None if rec.get("answer") is None else str(rec["answer"]),
     )
 
 
-def split_steps(text: str) -> list[str]:
-    """Split a ``Step 1: ... Step 2: ...`` solution into step texts (markers removed, stripped).
+def split_steps(text: str, mode: StepSplit = "step_marker") -> list[str]:
+    """Split a solution into step texts (stripped, empty ones dropped).
 
-    Text before the first marker (if any) counts as a step of its own only when non-empty.
+    ``step_marker`` (default): at ``Step k:`` markers, which are removed; text before the first marker
+    counts as a step of its own only when non-empty. ``blank_line``: paragraphs separated by one or more
+    blank lines, kept as written (any ``Step k:`` inside stays).
     """
+    if mode == "blank_line":
+        return [s.strip() for s in BLANK_LINES.split(text) if s.strip()]
+    if mode != "step_marker":
+        raise ValueError(f"unknown step split mode {mode!r} (known: step_marker, blank_line)")
     parts = STEP_MARKER.split(text)
     head, rest = parts[0].strip(), parts[1:]
     steps = [head] if head else []

@@ -334,8 +334,12 @@ def make_processbench_record(
             index = rng.randrange(len(problem.operations))
             steps = inject_error(problem, rng, cfg, kind, index)
             if steps is not None:
-                return ProcessBenchRecord(problem.uid, f"synthetic-{kind}", text, steps, False, index)
-    return ProcessBenchRecord(problem.uid, "synthetic-gold", text, gold_steps(problem), True, -1)
+                return ProcessBenchRecord(
+                    problem.uid, f"synthetic-{kind}", text, steps, False, index, str(problem.answer)
+                )
+    return ProcessBenchRecord(
+        problem.uid, "synthetic-gold", text, gold_steps(problem), True, -1, str(problem.answer)
+    )
 
 
 def generate_processbench(

@@ -41,6 +41,18 @@ TINY_OVERRIDES = [
     "bootstrap.eval.num_problems=10",
     "bootstrap.eval.max_new_tokens=60",
     "bootstrap.eval.batch_size=10",
+    "rollout.max_problems=8",
+    "rollout.max_rounds=1",
+    "rollout.samples_per_round=4",
+    "rollout.max_tokens=32",
+    "rollout.threads=1",
+    "label.k_low=2",
+    "label.k_mid=2",
+    "label.k_high=2",
+    "label.mc0_samples=2",
+    "label.max_tokens=32",
+    "label.processbench_max_records=6",
+    "label.threads=1",
 ]
 
 

@@ -34,23 +34,29 @@ def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+STAGES = ("prepare", "bootstrap", "rollout", "label")
+
+
 def _ran(proc: subprocess.CompletedProcess[str]) -> set[str]:
     out = proc.stdout + proc.stderr
-    return {stage for stage in ("prepare", "bootstrap") if f"Running stage '{stage}'" in out}
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in out}
 
 
 def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> None:
     project = copy_project(repo_root, tmp_path / "project")
 
     first = _dvc(project, "repro")
-    assert _ran(first) == {"prepare", "bootstrap"}
+    assert _ran(first) == set(STAGES)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "bootstrap"}
+    assert set(lock["stages"]) == set(STAGES)
     assert lock["stages"]["bootstrap"]["params"]["params.yaml"]["bootstrap"]["train"]["steps"] == 20
     for rel in (
         "data/prepared/train.parquet",
         "data/prepared/test.parquet",
         "data/prepared/processbench.jsonl",
+        "data/rollout/rollouts.parquet",
+        "data/label/labels.parquet",
+        "data/label/processbench_labels.parquet",
     ):
         assert (project / rel).is_file(), rel
     policy = project / "models" / "policy"
@@ -60,7 +66,7 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
 
     shown = json.loads(_dvc(project, "metrics", "show", "--json").stdout)
     metrics = shown[""]["data"]
-    assert set(metrics) >= {"metrics/prepare.json", "metrics/bootstrap.json"}
+    assert set(metrics) >= {f"metrics/{stage}.json" for stage in STAGES}
     assert metrics["metrics/prepare.json"]["data"]["loaded"] == 100
     boot = metrics["metrics/bootstrap.json"]["data"]
     assert 0.0 <= boot["accuracy_greedy"] <= 1.0 and boot["parameters"] > 0
@@ -70,15 +76,15 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
     second = _dvc(project, "repro")
     out = second.stdout + second.stderr
     assert _ran(second) == set()
-    assert "Stage 'prepare' didn't change" in out and "Stage 'bootstrap' didn't change" in out
+    assert all(f"Stage '{stage}' didn't change" in out for stage in STAGES)
     assert (project / "dvc.lock").read_text() == lock_text
     assert "up to date" in _dvc(project, "status").stdout
 
-    # A bootstrap param changed: bootstrap reruns, prepare does not.
+    # A bootstrap param changed: bootstrap and what depends on the model rerun, prepare does not.
     write_params(project, tiny_params(repo_root, ["bootstrap.train.steps=10"]))
     assert "bootstrap" in _dvc(project, "status").stdout
     third = _dvc(project, "repro")
-    assert _ran(third) == {"bootstrap"}
+    assert _ran(third) == {"bootstrap", "rollout", "label"}
     assert "Stage 'prepare' didn't change" in third.stdout + third.stderr
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["bootstrap"]["params"]["params.yaml"]["bootstrap"]["train"]["steps"] == 10

@@ -38,7 +38,7 @@ def _dvc_yaml(tmp_path: Path, stages: dict[str, Any]) -> Path:
 
 
 def test_stage_order_of_the_shipped_dvc_yaml(repo_root: Path) -> None:
-    assert stage_order(repo_root / "dvc.yaml") == ["prepare", "bootstrap"]
+    assert stage_order(repo_root / "dvc.yaml") == ["prepare", "bootstrap", "rollout", "label"]
 
 
 def test_stage_order_follows_deps_not_file_order(tmp_path: Path) -> None:

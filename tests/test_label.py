@@ -1,0 +1,423 @@
+"""The label stage: K schedule, RPE and hard-MC labels, the wave schedule with early stop, bad input,
+merged shards, and a SIGKILL-resumed run (components/label.py, components/montecarlo.py).
+
+The real-model tests use the tests' tiny random Qwen2, which practically never writes a ``\\boxed{}``:
+a prefix whose steps box the gold answer gets MC 1, any other prefix MC 0, so the MC values (and which
+waves run) are known in advance while generation is real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from components.backends import (
+    Backend,
+    BackendConfig,
+    GenerationRequest,
+    GenerationResult,
+    Sample,
+    SamplingParams,
+)
+from components.errors import ConfigError, DataError
+from components.journal import Journal, unit_seed
+from components.label import LABEL_COLUMNS, PROCESSBENCH_COLUMNS, LabelConfig, main, rollout_units, run
+from components.montecarlo import PathInput, Unit, estimate, hard_labels, k_for, prefix_text, rpe_labels
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+GOLD = "9999"
+BOX = f"so the total is \\boxed{{{GOLD}}}"
+
+
+# ---------------------------------------------------------------------------------------- pure parts
+
+
+@pytest.mark.parametrize(
+    ("mc0", "k"), [(0.0, 32), (0.099, 32), (0.1, 16), (0.5, 16), (0.899, 16), (0.9, 8), (1.0, 8)]
+)
+def test_k_schedule_defaults(mc0: float, k: int) -> None:
+    assert k_for(mc0, LabelConfig()) == k
+
+
+def test_k_schedule_paper_setting() -> None:
+    cfg = LabelConfig(k_low=128, k_mid=64, k_high=32)
+    assert [k_for(m, cfg) for m in (0.05, 0.1, 0.5, 0.95)] == [128, 64, 64, 32]
+
+
+@pytest.mark.parametrize(
+    ("mc0", "mc", "epsilon", "expected"),
+    [
+        (0.5, [0.5, 0.4, 0.0, 0.0], 0.8, [1, 1, 0, 0]),  # ratio 1.0, exactly 0.8, a drop to 0, after 0
+        (0.5, [0.6, 0.3, 1.0], 0.8, [1, 0, 1]),  # ratio 0.5 fails; a recovery passes again
+        (0.625, [0.5], 0.8, [1]),  # 5/8 -> 4/8 is exactly 0.8
+        (0.3, [0.24], 0.8, [1]),  # 0.24 / 0.3 is 0.7999999999999999 in floats: the tolerance keeps it
+        (0.5, [0.0, 0.5], 0.8, [0, 0]),  # the step after a step with MC 0 is 0 (0/0 and x/0 alike)
+        (0.0, [0.0, 0.0], 0.8, [0, 0]),  # MC_0 = 0
+        (0.5, [0.5, 0.625, 0.6], 1.0, [1, 1, 0]),  # epsilon 1: no drop at all allowed
+        (0.5, [0.25, 0.125], 0.5, [1, 1]),
+        (0.8, [0.2, 1.0], 0.5, [0, 1]),
+    ],
+)
+def test_rpe_labels(mc0: float, mc: list[float], epsilon: float, expected: list[int]) -> None:
+    assert rpe_labels(mc0, mc, epsilon) == expected
+
+
+def test_hard_labels() -> None:
+    assert hard_labels([0.5, 0.125, 0.0, 0.0]) == [1, 1, 0, 0]
+    assert hard_labels([1.0, 0.0, 1.0]) == [1, 0, 1]
+    # hard-MC is RPE's epsilon -> 0+ limit
+    assert rpe_labels(0.5, [0.5, 0.125, 0.0, 0.0], 1e-6) == [1, 1, 0, 0]
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"label\.k_mid"):
+        LabelConfig(k_mid=0)
+    with pytest.raises(ConfigError, match="low_threshold"):
+        LabelConfig(low_threshold=0.95)
+    with pytest.raises(ConfigError, match="epsilon"):
+        LabelConfig(epsilon_sweep=[0.0, 0.5])
+    with pytest.raises(ConfigError, match=r"label\.shard"):
+        LabelConfig(shard="2/2")
+    with pytest.raises(ConfigError, match="nothing to label"):
+        LabelConfig(input=None, processbench_input=None)
+    assert LabelConfig(shard="merge").shard == "merge"
+
+
+class ScriptedBackend(Backend):
+    """Completion i of a request boxes the gold answer iff i < hits(prefill); others box nothing."""
+
+    def __init__(self, hits: dict[str, int]) -> None:
+        self.hits = hits
+        self.calls: list[tuple[list[str], int, int | None]] = []
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        self.calls.append(([r.prefill for r in requests], params.n, params.seed))
+        texts = [f"\\boxed{{{GOLD}}}", "\\boxed{12}", "no answer here"]
+        return [
+            GenerationResult(
+                [
+                    Sample(texts[0] if i < self.hits.get(r.prefill, 0) else texts[1 + i % 2], "stop", 5, 3)
+                    for i in range(params.n)
+                ]
+            )
+            for r in requests
+        ]
+
+
+def test_estimate_fractions_dedup_and_cost() -> None:
+    shared = ["a", "b", "c"]
+    unit = Unit(
+        "rollout",
+        "p1",
+        "Q?",
+        GOLD,
+        0.5,
+        [PathInput("p1/0", shared, True), PathInput("p1/1", [*shared[:2], "z"], False)],
+    )
+    backend = ScriptedBackend({prefix_text(shared, 1): 6, prefix_text(shared, 2): 3})
+    cfg = LabelConfig(seed=5, k_mid=8)
+    est = estimate(backend, cfg, unit)
+    assert est.k == 8 and est.mc0 == 0.5
+    # the two paths share steps 1-2: each wave is ONE request; the last step follows each path's answer
+    assert est.mc == [[0.75, 0.375, 1.0], [0.75, 0.375, 0.0]]
+    assert [len(prefills) for prefills, _, _ in backend.calls] == [1, 1]
+    assert [seed for _, _, seed in backend.calls] == [unit_seed(5, "rollout:p1", w) for w in (1, 2)]
+    assert [s.completions for s in est.spend] == [16, 0], "a shared prefix is charged to its first path"
+    assert est.spend[0].tokens == 48
+    # the misses (6..7 in wave 1, 3..7 in wave 2) alternate \boxed{12} (even i) and no answer (odd i)
+    assert est.spend[0].no_answer == 1 + 3
+
+
+def _paths_for_tiny_model() -> list[PathInput]:
+    return [
+        PathInput("a", [BOX, "keep going", "and on", BOX], True),  # alive to the end
+        PathInput("b", ["a wrong start", "b2", "b3"], False),  # MC_1 = 0: no more sampling
+        PathInput("c", [BOX, "something else", "c3"], False),  # shares step 1 with a
+    ]
+
+
+class Counting(Backend):
+    """Wraps a backend and records each call's prefills."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.calls: list[list[str]] = []
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        self.calls.append([r.prefill for r in requests])
+        return self.inner.generate(requests, params)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest_backends import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny_backend(tiny_model: Path) -> Backend:
+    from components.backends import make_backend
+
+    return make_backend(BackendConfig(model=str(tiny_model), batch_size=16))
+
+
+def test_waves_stop_after_mc_zero_on_a_real_backend(tiny_backend: Backend) -> None:
+    cfg = LabelConfig(k_mid=4, max_tokens=12)
+    paths = _paths_for_tiny_model()
+    counting = Counting(tiny_backend)
+    est = estimate(counting, cfg, Unit("rollout", "p", "What is it?", GOLD, 0.5, paths))
+    assert est.mc == [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    a, b, c = (p.steps for p in paths)
+    assert counting.calls == [
+        [prefix_text(a, 1), prefix_text(b, 1)],  # wave 1: a and c share their first step
+        [prefix_text(a, 2), prefix_text(c, 2)],  # wave 2: b stopped at MC_1 = 0
+        [prefix_text(a, 3)],  # wave 3: c has no step-3 prefix to sample (its last step is step 3)
+    ]
+    assert [s.completions for s in est.spend] == [12, 4, 4]
+    # a problem whose paths all die in wave 1 costs one call; a record with MC_0 = 0 costs only wave 0
+    counting.calls.clear()
+    dead = [PathInput("x", ["nope", "n2", "n3"], False), PathInput("y", ["nah", "n2"], True)]
+    assert estimate(counting, cfg, Unit("rollout", "q", "Q", GOLD, 0.5, dead)).mc == [[0.0] * 3, [0.0] * 2]
+    assert len(counting.calls) == 1
+    counting.calls.clear()
+    record = Unit("processbench", "r", "Q", GOLD, None, [PathInput("r", ["s1", "s2", "s3"], True, -1)])
+    est = estimate(counting, cfg, record)
+    assert (est.mc0, est.mc, len(counting.calls)) == (0.0, [[0.0, 0.0, 0.0]], 1)
+    assert counting.calls[0] == ["Step 1: "]
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def rollout_rows(problems: int, with_box: bool = True) -> list[dict[str, Any]]:
+    """A rollout table: per problem two kept paths (one correct), one path that was not kept."""
+    rows = []
+    for p in range(problems):
+        first = BOX if with_box and p % 2 == 0 else f"start {p}"
+        paths = [([first, "then", f"\\boxed{{{GOLD}}}"], True, True), ([first, "oops"], False, True)]
+        paths.append(([], False, False))  # a dropped path may have no steps
+        for i, (steps, correct, kept) in enumerate(paths):
+            rows.append(
+                {
+                    "problem_index": p,
+                    "problem_id": f"p{p}",
+                    "problem": f"Problem {p}?",
+                    "gold_answer": GOLD,
+                    "path_id": f"p{p}/{i}",
+                    "round": 0,
+                    "text": "",
+                    "steps": steps,
+                    "num_steps": len(steps),
+                    "answer": None,
+                    "correct": correct,
+                    "valid": kept,
+                    "finish_reason": "stop",
+                    "num_prompt_tokens": 1,
+                    "num_generated_tokens": 1,
+                    "kept": kept,
+                    "problem_status": "kept",
+                    "pass_rate": 0.5,
+                }
+            )
+    return rows
+
+
+def test_rollout_units_group_kept_paths() -> None:
+    units = rollout_units(pd.DataFrame(rollout_rows(2)), "r.parquet")
+    assert [u.key for u in units] == ["rollout:p0", "rollout:p1"]
+    assert [[p.path_id for p in u.paths] for u in units] == [["p0/0", "p0/1"], ["p1/0", "p1/1"]]
+    assert units[0].mc0 == 0.5 and units[0].paths[0].correct and not units[0].paths[1].correct
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns=["pass_rate"]), r"r\.parquet: missing column 'pass_rate'"),
+        (lambda f: f.assign(steps=[[], *f["steps"][1:]]), r"r\.parquet: row 1 \(path 'p0/0'\) is kept but"),
+        (lambda f: f.assign(gold_answer=[GOLD, None, *f["gold_answer"][2:]]), r"row 2 .*no gold answer"),
+        (lambda f: f.assign(gold_answer=" "), r"row 1 \(problem 'p0'\) has no gold answer"),
+        (lambda f: f.assign(pass_rate=1.5), r"row 1 .*pass_rate 1\.5"),
+        (lambda f: f.assign(path_id="same"), r"row 2 repeats path_id 'same'"),
+    ],
+)
+def test_bad_rollout_tables(change: Any, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        rollout_units(change(pd.DataFrame(rollout_rows(2))), "r.parquet")
+
+
+def processbench_records(count: int, with_box: bool = True) -> list[dict[str, Any]]:
+    records = []
+    for i in range(count):
+        steps = [BOX if with_box and i % 3 == 0 else "first", "second", f"\\boxed{{{GOLD}}}"]
+        label = -1 if i % 2 == 0 else 1
+        records.append(
+            {
+                "id": f"pb{i}",
+                "generator": "t",
+                "problem": f"PB {i}?",
+                "steps": steps,
+                "final_answer_correct": label == -1,
+                "label": label,
+                "answer": GOLD,
+            }
+        )
+    return records
+
+
+def write_inputs(folder: Path, problems: int, records: int) -> None:
+    (folder / "in").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rollout_rows(problems)).to_parquet(folder / "in" / "rollouts.parquet", index=False)
+    lines = [json.dumps(r) for r in processbench_records(records)]
+    (folder / "in" / "pb.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def write_params(folder: Path, model: Path, **label: Any) -> Path:
+    section = {
+        "completer": {"model": str(model), "batch_size": 16},
+        "k_mid": 4,
+        "mc0_samples": 4,
+        "max_tokens": 24,
+        "threads": 1,
+        "input": "in/rollouts.parquet",
+        "processbench_input": "in/pb.jsonl",
+        "output_dir": "out",
+        **label,
+    }
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump({"label": section}))
+    return path
+
+
+def test_synthetic_processbench_records_carry_gold_answers() -> None:
+    from components.records import processbench_from_dict
+    from components.synthetic import SyntheticConfig, generate_problems, generate_processbench
+
+    world = generate_problems(SyntheticConfig(), 10, seed=3)
+    records = generate_processbench(SyntheticConfig(), world, seed=3, error_fraction=0.5)
+    assert [r.answer for r in records] == [str(p.answer) for p in world]
+    assert all(processbench_from_dict(r.to_dict(), "mem").answer == r.answer for r in records)
+
+
+def test_processbench_record_without_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_inputs(tmp_path, 1, 2)
+    records = processbench_records(2)
+    del records[1]["answer"]
+    (tmp_path / "in" / "pb.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"in/pb\.jsonl:2: record 'pb1' has no gold 'answer'"):
+        main(write_params(tmp_path, tmp_path / "no-model"), [])
+
+
+# ------------------------------------------------------------------------------ the stage end to end
+
+
+def _tables(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Both output tables as plain rows (numpy arrays as lists) for exact comparison."""
+    out = {}
+    for name in ("labels", "processbench_labels"):
+        frame = pd.read_parquet(folder / "out" / f"{name}.parquet")
+        out[name] = [
+            {k: v.tolist() if hasattr(v, "tolist") else v for k, v in row.items()}
+            for row in frame.to_dict(orient="records")
+        ]
+    return out
+
+
+def test_one_run_equals_merged_shards(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    for folder in (one, sharded):
+        write_inputs(folder, 3, 4)
+    monkeypatch.chdir(one)
+    metrics = main(write_params(one, tiny_model), [])
+    assert not list((one / "out").glob(".progress-*")), "the journal is removed at the end"
+    tables = _tables(one)
+    assert list(pd.read_parquet(one / "out" / "labels.parquet").columns) == LABEL_COLUMNS
+    assert list(pd.read_parquet(one / "out" / "processbench_labels.parquet").columns) == PROCESSBENCH_COLUMNS
+    assert [r["path_id"] for r in tables["labels"]] == [f"p{p}/{i}" for p in range(3) for i in (0, 1)]
+    boxed = tables["labels"][0]  # p0/0 boxes gold in step 1: MC 1, 1 (prefix), then its own answer
+    assert (boxed["mc"], boxed["rpe_labels"], boxed["k"]) == ([1.0, 1.0, 1.0], [1, 1, 1], 4)
+    plain = tables["labels"][2]  # p1/0 never boxes before its last step: MC_1 = 0 and stop
+    assert (plain["mc"], plain["hard_labels"], plain["completions"]) == ([0.0, 0.0, 0.0], [0, 0, 0], 4)
+    assert metrics["rollouts"]["paths"] == 6 and metrics["processbench"]["paths"] == 4
+    assert set(metrics["processbench"]["rpe"]) == {"acc_error", "acc_correct", "f1"}
+    plot = json.loads((one / "plots" / "label_epsilon.json").read_text())
+    assert [row["epsilon"] for row in plot] == [0.5, 0.8, 1.0]
+
+    monkeypatch.chdir(sharded)
+    params = write_params(sharded, tiny_model)
+    for spec in ("1/2", "0/2"):
+        main(params, [f"label.shard={spec}"])
+    assert not (sharded / "out" / "labels.parquet").exists()
+    merged = main(params, ["label.shard=merge"])
+    assert _tables(sharded) == tables
+    assert {k: v for k, v in merged.items() if k not in ("seconds", "shards")} == {
+        k: v for k, v in metrics.items() if k not in ("seconds", "shards")
+    }
+    assert merged["shards"] == 2
+
+
+def test_merge_needs_every_shard(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_inputs(tmp_path, 2, 0)
+    monkeypatch.chdir(tmp_path)
+    params = write_params(tmp_path, tiny_model, processbench_input=None)
+    main(params, ["label.shard=0/2"])
+    with pytest.raises(DataError, match=r"labels-1of2\.parquet: shard 1/2 is missing"):
+        main(params, ["label.shard=merge"])
+
+
+def test_run_resumes_from_the_journal(tiny_backend: Backend, tmp_path: Path) -> None:
+    cfg = LabelConfig(k_mid=4, max_tokens=12)
+    units = rollout_units(pd.DataFrame(rollout_rows(3)))  # p0 and p2 take two waves, p1 one
+    counting = Counting(tiny_backend)
+    full = run(cfg, units, Journal(tmp_path / "a.jsonl", "f"), counting)
+    assert len(counting.calls) == 5
+    run(cfg, units[:2], Journal(tmp_path / "b.jsonl", "f"), tiny_backend)
+    counting.calls.clear()
+    assert run(cfg, units, Journal(tmp_path / "b.jsonl", "f"), counting) == full
+    assert len(counting.calls) == 2, "only the unit left over (p2) is labelled"
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_table(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for folder in (clean, killed):
+        write_inputs(folder, 4, 24)
+        write_params(folder, tiny_model, max_tokens=48)
+    monkeypatch.chdir(clean)
+    main(clean / "params.yaml", [])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GENPRM_LOG_LEVEL": "WARNING"}
+    command = [sys.executable, "-m", "components.cli", "label"]
+    proc = subprocess.Popen(command, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal = killed / "out" / ".progress-0of1.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = journal.read_bytes().count(b"\n")
+    assert 2 <= done < 28 and not (killed / "out" / "labels.parquet").exists()
+    rerun = subprocess.run(command, cwd=killed, env=env, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _tables(killed) == _tables(clean)
+    ids = [r["path_id"] for r in _tables(killed)["processbench_labels"]]
+    assert len(ids) == len(set(ids)) == 24 and not journal.exists()
