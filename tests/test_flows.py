@@ -134,7 +134,7 @@ def test_flow_runs_prepare_through_dvc(prefect_api: None, project: Path) -> None
     assert json.loads((project / "metrics" / "prepare.json").read_text())["loaded"] == 100
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert list(lock["stages"]) == ["prepare"]
-    assert not (project / "models").exists()
+    assert not (project / "models" / "policy").exists()
     # Up to date now: DVC skips the stage.
     again = offline_pipeline(stages=["prepare"], project_dir=str(project), return_state=True)
     assert again.is_completed() and again.result() == {"prepare": "skipped"}
