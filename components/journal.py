@@ -38,6 +38,29 @@ def unit_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
 
 
+_HASH_LIMIT = 64 * 2**20  # model files larger than this are fingerprinted by name and size only
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: str) -> Any:
+    """What identifies the model's weights: its files (name, size, hash) for a local dir, else its name."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    files = sorted((f, f.stat().st_size) for f in path.rglob("*") if f.is_file())
+    return [
+        (str(f.relative_to(path)), size, file_sha256(f) if size <= _HASH_LIMIT else "") for f, size in files
+    ]
+
+
 def fingerprint(*parts: Any) -> str:
     """A short hash of JSON-serialisable parts (e.g. a stage config and its input file hashes)."""
     text = json.dumps(parts, sort_keys=True, default=str)

@@ -42,7 +42,7 @@ import pandas as pd
 from components.backends import Backend, BackendConfig, make_backend
 from components.config import option, section, to_dict
 from components.errors import ConfigError, DataError
-from components.journal import Journal, ShardSpec, fingerprint, shard
+from components.journal import Journal, ShardSpec, file_sha256, fingerprint, model_fingerprint, shard
 from components.metrics import first_error_from_labels, processbench_f1
 from components.montecarlo import Estimate, PathInput, Unit, estimate, hard_labels, rpe_labels
 
@@ -345,7 +345,6 @@ def merge(cfg: LabelConfig, units: list[Unit]) -> dict[str, Any]:
 
 def run_fingerprint(cfg: LabelConfig) -> str:
     """What a journal's progress depends on: the config (threads aside), input files and model files."""
-    from components.rollout import file_sha256, model_fingerprint
 
     settings = {k: v for k, v in to_dict(cfg).items() if k != "threads"}
     inputs = [file_sha256(Path(p)) for p in (cfg.input, cfg.processbench_input) if p]

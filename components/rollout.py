@@ -29,7 +29,6 @@ Outputs: the rollout table (``components.records.ROLLOUT_COLUMNS``, one row per 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -50,7 +49,15 @@ from components.backends import (
 )
 from components.config import option, section, to_dict
 from components.errors import ConfigError, DataError
-from components.journal import Journal, ShardSpec, fingerprint, shard, unit_seed
+from components.journal import (
+    Journal,
+    ShardSpec,
+    file_sha256,
+    fingerprint,
+    model_fingerprint,
+    shard,
+    unit_seed,
+)
 from components.records import ROLLOUT_COLUMNS, Problem, StepSplit, split_steps, validate_rollouts
 
 log = logging.getLogger(__name__)
@@ -59,7 +66,6 @@ METRICS_PATH = Path("metrics/rollout.json")
 ProblemStatus = Literal["kept", "easy", "hard", "unbalanced"]
 STATUSES: tuple[ProblemStatus, ...] = ("kept", "easy", "hard", "unbalanced")
 _SHARD_FILE = re.compile(r"rollouts-(\d+)of(\d+)\.parquet")
-_HASH_LIMIT = 64 * 2**20  # model files larger than this are fingerprinted by name and size only
 
 
 @dataclass(frozen=True)
@@ -325,25 +331,6 @@ def merge_shards(paths: list[Path]) -> pd.DataFrame:
     merged = pd.concat(nonempty, ignore_index=True)
     merged = merged.sort_values("problem_index", kind="stable").reset_index(drop=True)
     return validate_rollouts(merged, "merged shards: " + ", ".join(str(p) for p in paths))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_fingerprint(model: str) -> Any:
-    """What identifies the model's weights: its files (name, size, hash) for a local dir, else its name."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return model
-    files = sorted((f, f.stat().st_size) for f in path.rglob("*") if f.is_file())
-    return [
-        (str(f.relative_to(path)), size, file_sha256(f) if size <= _HASH_LIMIT else "") for f, size in files
-    ]
 
 
 def load_work(cfg: RolloutConfig, spec: ShardSpec) -> list[tuple[int, Problem]]:
