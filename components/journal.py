@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,30 @@ class ShardSpec:
     @property
     def tag(self) -> str:
         return f"{self.index}of{self.count}"
+
+
+def complete_shard_count(shards_dir: Path, prefix: str) -> int:
+    """n of the one complete set of shard tables ``<prefix>-<i>of<n>.parquet`` in ``shards_dir``.
+
+    No shard tables, tables of different counts, or a missing shard is a DataError naming it.
+    """
+    pattern = re.compile(re.escape(prefix) + r"-(\d+)of(\d+)\.parquet")
+    found = {
+        (int(m[1]), int(m[2]))
+        for path in shards_dir.glob(f"{prefix}-*.parquet")
+        if (m := pattern.fullmatch(path.name))
+    }
+    if not found:
+        raise DataError(f"{shards_dir}: no shard tables ({prefix}-<i>of<n>.parquet) to merge")
+    counts = sorted({n for _, n in found})
+    if len(counts) > 1:
+        raise DataError(f"{shards_dir}: shard tables of different shard counts {counts}; remove stale ones")
+    count = counts[0]
+    missing = [i for i in range(count) if (i, count) not in found]
+    if missing:
+        table = shards_dir / f"{prefix}-{missing[0]}of{count}.parquet"
+        raise DataError(f"{table}: shard {missing[0]}/{count} is missing (run it, then merge)")
+    return count
 
 
 def shard(items: Iterable[T], spec: ShardSpec, key: Callable[[T], str]) -> list[T]:

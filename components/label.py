@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,15 @@ import pandas as pd
 from components.backends import Backend, BackendConfig, make_backend
 from components.config import option, section, to_dict
 from components.errors import ConfigError, DataError
-from components.journal import Journal, ShardSpec, file_sha256, fingerprint, model_fingerprint, shard
+from components.journal import (
+    Journal,
+    ShardSpec,
+    complete_shard_count,
+    file_sha256,
+    fingerprint,
+    model_fingerprint,
+    shard,
+)
 from components.metrics import first_error_from_labels, processbench_f1
 from components.montecarlo import Estimate, PathInput, Unit, estimate, hard_labels, rpe_labels
 
@@ -57,7 +64,6 @@ LABEL_COLUMNS = [
 ]  # fmt: skip
 PROCESSBENCH_COLUMNS = [*LABEL_COLUMNS, "label"]
 TABLES = {"rollout": "labels", "processbench": "processbench_labels"}
-_SHARD_FILE = re.compile(r"labels-(\d+)of(\d+)\.parquet")
 
 
 @dataclass(frozen=True)
@@ -309,14 +315,7 @@ def shard_files(output_dir: Path | str, tag: str) -> dict[str, Path]:
 
 def find_shard_count(output_dir: Path | str) -> int:
     """n of the complete set of shard outputs; none, mixed counts or a missing shard is a DataError."""
-    base = Path(output_dir) / "shards"
-    found = {
-        (int(m[1]), int(m[2])) for p in base.glob("labels-*.parquet") if (m := _SHARD_FILE.fullmatch(p.name))
-    }
-    counts = sorted({n for _, n in found})
-    if len(counts) != 1:
-        raise DataError(f"{base}: expected the shard tables of one shard count, found counts {counts}")
-    count = counts[0]
+    count = complete_shard_count(Path(output_dir) / "shards", "labels")
     for i in range(count):
         for path in shard_files(output_dir, f"{i}of{count}").values():
             if not path.exists():

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,10 +47,11 @@ from components.backends import (
     make_backend,
 )
 from components.config import option, section, to_dict
-from components.errors import ConfigError, DataError
+from components.errors import ConfigError
 from components.journal import (
     Journal,
     ShardSpec,
+    complete_shard_count,
     file_sha256,
     fingerprint,
     model_fingerprint,
@@ -65,7 +65,6 @@ log = logging.getLogger(__name__)
 METRICS_PATH = Path("metrics/rollout.json")
 ProblemStatus = Literal["kept", "easy", "hard", "unbalanced"]
 STATUSES: tuple[ProblemStatus, ...] = ("kept", "easy", "hard", "unbalanced")
-_SHARD_FILE = re.compile(r"rollouts-(\d+)of(\d+)\.parquet")
 
 
 @dataclass(frozen=True)
@@ -302,24 +301,8 @@ def shard_metrics_path(table: Path) -> Path:
 
 def find_shards(output_dir: Path | str) -> list[Path]:
     """The n shard tables under ``output_dir``, in shard order; a missing or stray shard is a DataError."""
-    shards_dir = Path(output_dir) / "shards"
-    found = {}
-    for path in shards_dir.glob("rollouts-*.parquet"):
-        match = _SHARD_FILE.fullmatch(path.name)
-        if match:
-            found[(int(match[1]), int(match[2]))] = path
-    if not found:
-        raise DataError(f"{shards_dir}: no shard tables (rollouts-<i>of<n>.parquet) to merge")
-    counts = sorted({n for _, n in found})
-    if len(counts) > 1:
-        raise DataError(f"{shards_dir}: shard tables of different shard counts {counts}; remove stale ones")
-    count = counts[0]
-    missing = [i for i in range(count) if (i, count) not in found]
-    if missing:
-        raise DataError(
-            f"{shards_dir}: shard {missing[0]}/{count} is missing (no rollouts-{missing[0]}of{count}.parquet)"
-        )
-    return [found[(i, count)] for i in range(count)]
+    count = complete_shard_count(Path(output_dir) / "shards", "rollouts")
+    return [shard_path(output_dir, ShardSpec(i, count)) for i in range(count)]
 
 
 def merge_shards(paths: list[Path]) -> pd.DataFrame:
