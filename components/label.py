@@ -52,6 +52,7 @@ from components.journal import (
 )
 from components.metrics import first_error_from_labels, processbench_f1
 from components.montecarlo import Estimate, PathInput, Unit, estimate, hard_labels, rpe_labels
+from components.quality import QualityConfig, check
 
 log = logging.getLogger(__name__)
 
@@ -282,15 +283,20 @@ def quality(frame: pd.DataFrame, epsilons: list[float]) -> tuple[dict[str, Any],
 
 
 def write_final(
-    cfg: LabelConfig, frames: dict[str, pd.DataFrame], seconds: float, shards: int
+    cfg: LabelConfig, quality_cfg: QualityConfig, frames: dict[str, pd.DataFrame], seconds: float, shards: int
 ) -> dict[str, Any]:
-    """Write both tables, ``metrics/label.json`` and ``plots/label_epsilon.json``; return the metrics."""
+    """Check, then write both tables, ``metrics/label.json`` and ``plots/label_epsilon.json``."""
     from components.io import write_json, write_parquet
 
     out = Path(cfg.output_dir)
+    checks = {
+        kind: check(name, frames[kind], quality_cfg, source=out / f"{name}.parquet")
+        for kind, name in TABLES.items()
+    }
     for kind, name in TABLES.items():
         write_parquet(out / f"{name}.parquet", frames[kind])
     metrics: dict[str, Any] = {"rollouts": table_summary(frames["rollout"]), "shards": shards}
+    metrics["quality"] = checks
     metrics["seconds"] = round(seconds, 1)
     plot: list[dict[str, Any]] = []
     bench = frames["processbench"]
@@ -323,7 +329,7 @@ def find_shard_count(output_dir: Path | str) -> int:
     return count
 
 
-def merge(cfg: LabelConfig, units: list[Unit]) -> dict[str, Any]:
+def merge(cfg: LabelConfig, quality_cfg: QualityConfig, units: list[Unit]) -> dict[str, Any]:
     """``shard: merge``: the n shard outputs, in canonical unit order -> the final tables and metrics."""
     from components.io import read_parquet
 
@@ -339,7 +345,7 @@ def merge(cfg: LabelConfig, units: list[Unit]) -> dict[str, Any]:
         if list(frames[kind]["path_id"]) != expected:
             raise DataError(f"{parts[0][kind].parent}: the {kind} shards do not hold every path exactly once")
     seconds = sum(float(json.loads(p["metrics"].read_text()).get("seconds", 0.0)) for p in parts)
-    return write_final(cfg, frames, seconds, count)
+    return write_final(cfg, quality_cfg, frames, seconds, count)
 
 
 def run_fingerprint(cfg: LabelConfig) -> str:
@@ -355,7 +361,8 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     from components.io import write_json, write_parquet
     from components.params import load_params
 
-    cfg: LabelConfig = load_params(params_path, overrides)["label"]
+    params = load_params(params_path, overrides)
+    cfg: LabelConfig = params["label"]
     if cfg.threads > 0:
         import torch
 
@@ -363,14 +370,14 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     units = load_units(cfg)
     if cfg.shard == "merge":
-        return merge(cfg, units)
+        return merge(cfg, params["quality"], units)
     spec = ShardSpec.parse(cfg.shard, "label.shard")
     mine = shard(units, spec, key=lambda u: u.key)
     journal = Journal(Path(cfg.output_dir) / f".progress-{spec.tag}.jsonl", run_fingerprint(cfg))
     frames = tables(run(cfg, mine, journal))
     seconds = time.perf_counter() - started
     if spec.count == 1:
-        metrics = write_final(cfg, frames, seconds, shards=1)
+        metrics = write_final(cfg, params["quality"], frames, seconds, shards=1)
     else:
         files = shard_files(cfg.output_dir, spec.tag)
         for kind in TABLES:

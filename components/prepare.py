@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
+
 from components.config import option
 from components.errors import ConfigError
+from components.quality import QualityConfig, check
 from components.records import Problem, ProcessBenchRecord, normalize_text
 from components.sources import FileSourceConfig, HFSourceConfig, load_file_problems, load_hf_problems
 from components.synthetic import (
@@ -147,8 +150,32 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     cfg: PrepareConfig = params["prepare"]
     data = run(cfg, params["world"])
     out = Path(cfg.output_dir)
-    write_parquet(out / "train.parquet", problems_to_frame(data.train))
-    write_parquet(out / "test.parquet", problems_to_frame(data.test))
-    write_jsonl(out / "processbench.jsonl", (r.to_dict() for r in data.processbench))
-    write_json(Path("metrics/prepare.json"), data.metrics)
-    return data.metrics
+    frames = {"train": problems_to_frame(data.train), "test": problems_to_frame(data.test)}
+    bench = [r.to_dict() for r in data.processbench]
+    metrics = {**data.metrics, "quality": check_outputs(params["quality"], out, frames, bench)}
+    write_parquet(out / "train.parquet", frames["train"])
+    write_parquet(out / "test.parquet", frames["test"])
+    write_jsonl(out / "processbench.jsonl", bench)
+    write_json(Path("metrics/prepare.json"), metrics)
+    return metrics
+
+
+def check_outputs(
+    cfg: QualityConfig, out: Path, frames: dict[str, pd.DataFrame], bench: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Quality checks of the outputs before they are written; the train split against this run's test sets."""
+    held_out = [*frames["test"]["problem"], *(r["problem"] for r in bench)]
+    train = check(
+        "problems",
+        frames["train"],
+        cfg,
+        source=out / "train.parquet",
+        holdout=False,
+        test_problems=held_out,
+        name="problems_train",
+    )
+    test = check(
+        "problems", frames["test"], cfg, source=out / "test.parquet", holdout=True, name="problems_test"
+    )
+    processbench = check("processbench", pd.DataFrame(bench), cfg, source=out / "processbench.jsonl")
+    return {"train": train, "test": test, "processbench": processbench}

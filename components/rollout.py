@@ -58,6 +58,7 @@ from components.journal import (
     shard,
     unit_seed,
 )
+from components.quality import QualityConfig, check
 from components.records import ROLLOUT_COLUMNS, Problem, StepSplit, split_steps, validate_rollouts
 
 log = logging.getLogger(__name__)
@@ -326,8 +327,8 @@ def load_work(cfg: RolloutConfig, spec: ShardSpec) -> list[tuple[int, Problem]]:
     return shard(list(enumerate(problems)), spec, key=lambda item: item[1].id)
 
 
-def merge_main(cfg: RolloutConfig) -> dict[str, Any]:
-    """``shard: merge``: combine the shard tables into the final table and metrics."""
+def merge_main(cfg: RolloutConfig, quality: QualityConfig) -> dict[str, Any]:
+    """``shard: merge``: combine the shard tables into the final table and metrics (checked first)."""
     from components.io import write_json, write_parquet
 
     paths = find_shards(cfg.output_dir)
@@ -338,7 +339,9 @@ def merge_main(cfg: RolloutConfig) -> dict[str, Any]:
         if shard_metrics.exists():
             seconds += float(json.loads(shard_metrics.read_text()).get("seconds", 0.0))
     metrics = {**summarize(frame), "shards": len(paths), "seconds": round(seconds, 1)}
-    write_parquet(Path(cfg.output_dir) / "rollouts.parquet", frame)
+    table = Path(cfg.output_dir) / "rollouts.parquet"
+    metrics["quality"] = check("rollouts", frame, quality, source=table)
+    write_parquet(table, frame)
     write_json(METRICS_PATH, metrics)
     log.info("rollout: merged %d shards: %s", len(paths), metrics)
     return metrics
@@ -349,13 +352,14 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     from components.io import write_json, write_parquet
     from components.params import load_params
 
-    cfg: RolloutConfig = load_params(params_path, overrides)["rollout"]
+    params = load_params(params_path, overrides)
+    cfg: RolloutConfig = params["rollout"]
     if cfg.threads > 0:
         import torch
 
         torch.set_num_threads(cfg.threads)
     if cfg.shard == "merge":
-        return merge_main(cfg)
+        return merge_main(cfg, params["quality"])
     started = time.perf_counter()
     spec = ShardSpec.parse(cfg.shard, "rollout.shard")
     work = load_work(cfg, spec)
@@ -365,6 +369,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     frame = run(cfg, work, journal)
     metrics = {**summarize(frame), "shards": spec.count, "seconds": round(time.perf_counter() - started, 1)}
     if spec.count == 1:
+        metrics["quality"] = check("rollouts", frame, params["quality"], source=out / "rollouts.parquet")
         write_parquet(out / "rollouts.parquet", frame)
         write_json(METRICS_PATH, metrics)
     else:

@@ -54,7 +54,12 @@ def _write_jsonl(path: Path, records: list[Any]) -> Path:
 
 
 def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    # reports/ holds the quality reports (Great Expectations results and Data Docs)
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and "reports" not in p.relative_to(root).parts
+    }
 
 
 def _problem(pid: str, text: str, answer: str = "1") -> Problem:
