@@ -1,0 +1,78 @@
+"""The program teacher on real small-world solutions: gold ones, and ones with a known injected error."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from components.rationale import code_blocks, parse_verdict
+from components.sandbox import Sandbox, SandboxConfig
+from components.synthetic import SyntheticConfig, generate_problems, gold_steps, inject_error, problem_text
+from components.teachers import ProgramTeacher, judge_output, problem_numbers, step_code
+
+
+@pytest.fixture(scope="module")
+def teacher() -> ProgramTeacher:
+    with Sandbox(SandboxConfig(workers=2)) as box:
+        yield ProgramTeacher(box, threads=2)
+
+
+def test_code_for_a_step_recomputes_and_checks_provenance() -> None:
+    problem = "A tank holds 7 liters of water. Uma drains 3 liters. How many liters are in the tank now?"
+    assert problem_numbers(problem) == ["7", "3"]
+    analysis, code = step_code(problem, "Removing 3 liters leaves 7 - 3 = 4 liters.", first=True)
+    assert "claims 7 - 3 = 4" in analysis
+    assert code.splitlines()[0] == "known = {7, 3}  # numbers given in the problem"
+    assert "check = 7 - 3 == 4" in code and "source = {7, 3} <= known" in code
+    _, final = step_code(problem, "So 4 liters. The answer is \\boxed{4}.", first=False)
+    assert "answer 4 is a verified result" in final and "known =" not in final
+
+
+def test_judge_output() -> None:
+    assert judge_output("7 - 3 == 4: True; operands known: True") == 1
+    assert judge_output("7 - 3 == 5: False; operands known: True") == 0
+    assert judge_output("2 + 2 == 4: True; operands known: False") == 0
+
+
+def test_gold_solutions_are_judged_right_at_every_step(teacher: ProgramTeacher) -> None:
+    problems = generate_problems(SyntheticConfig(), 20, seed=3)
+    critiques = teacher.critique([(problem_text(p), gold_steps(p)) for p in problems])
+    for p, critique in zip(problems, critiques, strict=True):
+        assert critique.verdicts == [1] * len(gold_steps(p)), critique.turns
+        assert all(parse_verdict(t) == 1 and len(code_blocks(t)) == 1 for t in critique.turns)
+        assert set(critique.statuses) == {"ok"}
+
+
+def test_arithmetic_and_operand_errors_are_caught_at_the_first_wrong_step(teacher: ProgramTeacher) -> None:
+    rng = random.Random(0)
+    cfg = SyntheticConfig()
+    cases = []
+    for p in generate_problems(cfg, 60, seed=5):
+        index = rng.randrange(len(p.operations))
+        kind = rng.choice(["arithmetic", "operand"])
+        steps = inject_error(p, rng, cfg, kind, index)  # type: ignore[arg-type]
+        if steps is not None:
+            cases.append((p, steps, index, kind))
+    critiques = teacher.critique([(problem_text(p), steps) for p, steps, _, _ in cases])
+    outcomes: Counter = Counter()
+    for (_, steps, index, kind), critique in zip(cases, critiques, strict=True):
+        assert critique.verdicts[:index] == [1] * index  # steps before the error are right
+        first_no = critique.verdicts.index(0) if 0 in critique.verdicts else -1
+        outcomes[(kind, first_no == index)] += 1
+        if first_no == index:  # the wrong value propagates to every later step, unless it is a known number
+            outcomes["propagated"] += critique.verdicts[index:] == [0] * (len(steps) - index)
+    assert outcomes[("arithmetic", True)] > 0 and outcomes[("arithmetic", False)] == 0
+    caught = outcomes[("arithmetic", True)] + outcomes[("operand", True)]
+    assert outcomes["propagated"] >= 0.7 * caught, outcomes
+    # An operand error is missed only when the wrong operand happens to be a known number.
+    assert outcomes[("operand", True)] >= 2 * outcomes[("operand", False)]
+
+
+def test_a_run_that_fails_gives_no_verdict(teacher: ProgramTeacher) -> None:
+    # A claim whose code divides by zero: the teacher must not guess.
+    [critique] = teacher.critique([("Ana has 4 apples and 0 boxes.", ["She splits them: 4 / 0 = 0 apples."])])
+    assert critique.verdicts == [-1]
+    assert critique.statuses == ["error"]
+    assert "ZeroDivisionError" in critique.turns[0]
