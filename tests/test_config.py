@@ -197,7 +197,8 @@ def test_exponent_floats_without_dot(params_file: Path, text: str, value: float)
     # YAML 1.1 (PyYAML) reads 1e-3 as a string; learning rates are written that way.
     params = load_params(params_file, [f"bootstrap.train.lr={text}"])
     assert params["bootstrap"].train.lr == pytest.approx(value)
-    params_file.write_text(params_file.read_text().replace("lr: 0.003", f"lr: {text}"))
+    # only the first occurrence: bootstrap.train.lr (train.lr has the same default)
+    params_file.write_text(params_file.read_text().replace("lr: 0.003", f"lr: {text}", 1))
     assert load_params(params_file)["bootstrap"].train.lr == pytest.approx(value)
 
 
@@ -264,7 +265,7 @@ def test_missing_required_key() -> None:
 def test_unknown_section(params_file: Path) -> None:
     _edit(params_file, "rolout.num_paths", 4)
     with pytest.raises(
-        ConfigError, match=r"unknown section 'rolout' \(known: world, prepare, bootstrap, rollout"
+        ConfigError, match=r"unknown section 'rolout' \(known: world, quality, prepare, bootstrap, rollout"
     ):
         load_params(params_file)
     with pytest.raises(ConfigError, match=r"unknown params section 'rolout'"):
