@@ -278,6 +278,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     import pandas as pd
 
     from components.io import write_json, write_parquet
+    from components.journal import fingerprint, model_fingerprint
     from components.params import load_params
     from components.processbench import as_percent
 
@@ -299,6 +300,8 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
         for n in cfg.samples
         for k in [f"f1_maj@{n}"]
     }
+    # Ties these metrics to the weights scored: `register` never promotes a model on another's numbers.
+    metrics["model_fingerprint"] = fingerprint(model_fingerprint(cfg.genprm.model.model))
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -86,10 +86,16 @@ def stage_paths(dvc_yaml: Path, stage: str, params: dict[str, Any] | None = None
     )
 
 
-def stage_order(dvc_yaml: Path) -> list[str]:
-    """The stages of ``dvc_yaml`` in dependency order (ties keep file order); a cycle is an error."""
+def stage_order(dvc_yaml: Path, params: dict[str, Any] | None = None) -> list[str]:
+    """The stages of ``dvc_yaml`` in dependency order (ties keep file order); a cycle is an error.
+
+    ``${...}`` paths are resolved from ``params`` (default: the params.yaml beside ``dvc_yaml``), so a
+    stage reading ``${train.output_dir}`` comes after the stage writing it.
+    """
     stages = read_stages(dvc_yaml)
-    paths = {name: stage_paths(dvc_yaml, name) for name in stages}
+    if params is None and (Path(dvc_yaml).parent / "params.yaml").is_file():
+        params = yaml.safe_load((Path(dvc_yaml).parent / "params.yaml").read_text()) or {}
+    paths = {name: stage_paths(dvc_yaml, name, params) for name in stages}
     needs = {
         name: {
             other

@@ -19,10 +19,15 @@ from components.errors import ConfigError
 
 SECTION_CLASSES: dict[str, str] = {
     "world": "components.synthetic:SyntheticConfig",
+    "quality": "components.quality:QualityConfig",
     "prepare": "components.prepare:PrepareConfig",
     "bootstrap": "components.bootstrap:BootstrapConfig",
     "rollout": "components.rollout:RolloutConfig",
     "label": "components.label:LabelConfig",
+    "synthesize": "components.synthesize:SynthesizeConfig",
+    "train": "components.train:TrainConfig",
+    "benchmark": "components.benchmark:BenchmarkConfig",
+    "register": "components.registry:RegisterConfig",
 }
 
 

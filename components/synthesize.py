@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 NEEDED = ("path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels")
 RATIONALE_COLUMNS = [
     "path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels",
-    "labels", "verdicts", "turns", "rounds", "code_runs", "code_errors", "code_timeouts", "parse_failed", "kept",
-    "teacher",
+    "labels", "verdicts", "turns", "rounds", "code_runs", "code_errors", "code_timeouts", "parse_failed",
+    "kept", "teacher",
 ]  # fmt: skip
 
 

@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -102,8 +103,13 @@ def numeric_leaves(metrics: Any, prefix: str = "") -> dict[str, float]:
         if isinstance(value, list):
             out.update(numeric_leaves(value, f"{key}."))
         elif isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-            out[key] = float(value)
+            out[metric_key(key)] = float(value)
     return out
+
+
+def metric_key(key: str) -> str:
+    """``key`` with the characters MLflow rejects in metric names (e.g. ``@`` in ``f1_maj@8``) as ``_``."""
+    return re.sub(r"[^\w\-. :/]", "_", key)
 
 
 def file_md5(path: Path) -> str | None:

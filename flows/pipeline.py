@@ -4,6 +4,7 @@
     python -m flows.pipeline --stages prepare bootstrap           # some stages (still in DAG order)
     python -m flows.pipeline --set label.epsilon=0.5 --name eps05 # overrides, saved as a DVC experiment
     python -m flows.pipeline --shards 4                           # rollout and label as 4 mapped shards
+    python -m flows.pipeline --shards 4 --shard-deployment genprm-shard/shard   # ... as deployment runs
 
 It runs on Prefect's local ephemeral API (or the server in ``PREFECT_API_URL``); ``python -m flows.serve``
 serves the deployments of ``prefect.yaml``. The flow is thin: it reads the stage graph from ``dvc.yaml``
@@ -19,7 +20,8 @@ up-to-date stage is skipped and ``dvc.lock`` stays the truth about the outputs.
   cannot see that file: nothing is skipped, ``dvc.lock`` is untouched).
 - **Shards** (``shards > 1``): ``rollout`` and ``label`` run as ``shards`` mapped tasks (``--set
   <stage>.shard=i/n``), then merge; on the DVC route ``dvc commit`` records the merged outputs in
-  ``dvc.lock``. An up-to-date stage (``dvc status``) is skipped.
+  ``dvc.lock``. An up-to-date stage (``dvc status``) is skipped. With ``shard_deployment`` each shard
+  is instead one flow run of that deployment (``flows/shards.py``), so its work pool spreads them.
 - **Tracking**: one MLflow parent run per flow run with a nested run per stage execution
   (``components/tracking.py``); a markdown artifact ``genprm-pipeline-summary`` lists each stage's
   outcome, its key metrics and the MLflow run link.
@@ -49,6 +51,7 @@ from prefect.context import get_run_context
 
 from components import tracking
 from components.dvcfile import read_stages, stage_order, stage_paths
+from flows.shards import run_shards_as_deployments
 from flows.stages import (
     DEFAULT_TIMEOUT_S,
     TRAIN_TAG,
@@ -189,6 +192,7 @@ class Route:
     via_dvc: bool
     overrides: list[str]  # passed as --set on each stage's command line (the entry-point route)
     experiment_overrides: list[str]  # written into params.yaml and saved as a DVC experiment
+    shard_deployment: str | None = None  # shards as runs of this deployment instead of mapped tasks
 
 
 def run_one(stage: str, route: Route, shards: int, env: dict[str, str], timeout_s: float) -> str:
@@ -202,6 +206,11 @@ def run_one(stage: str, route: Route, shards: int, env: dict[str, str], timeout_
         get_run_logger().info("stage %s is up to date: its shards are skipped", stage)
         return "skipped"
     specs = [f"{i}/{shards}" for i in range(shards)]
+    if route.shard_deployment:
+        run_shards_as_deployments(
+            route.shard_deployment, stage, specs, route.params, route.overrides, root, env, timeout_s
+        )
+        return _merge(stage, route, env, timeout_s, options)
     futures = run_shard.with_options(**options).map(
         unmapped(stage),
         specs,
@@ -212,8 +221,12 @@ def run_one(stage: str, route: Route, shards: int, env: dict[str, str], timeout_
         timeout_s=unmapped(timeout_s),
     )
     futures.result()  # raises the first failed shard's StageFailed
-    args = (route.params, route.overrides, root, env, timeout_s, route.via_dvc)
-    return merge_stage.with_options(**options)(stage, *args)
+    return _merge(stage, route, env, timeout_s, options)
+
+
+def _merge(stage: str, route: Route, env: dict[str, str], timeout_s: float, options: dict[str, Any]) -> str:
+    args = (route.params, route.overrides, str(route.root), env, timeout_s, route.via_dvc)
+    return str(merge_stage.with_options(**options)(stage, *args))
 
 
 def summary_markdown(results: dict[str, str], metrics: dict[str, float], link: str | None, error: str) -> str:
@@ -250,12 +263,14 @@ def offline_pipeline(
     shards: int = 1,
     experiment: str | None = None,
     timeouts: dict[str, float] | None = None,
+    shard_deployment: str | None = None,
 ) -> dict[str, str]:
     """Run the DVC stages (all, or ``stages``) in DAG order; returns each stage's 'ran' or 'skipped'.
 
     ``overrides`` (``section.key=value``) are recorded as the DVC experiment ``experiment`` (a name is
     generated when None); ``shards`` fans rollout and label out; ``timeouts`` maps a stage to seconds
     (default 6 h). ``params`` is relative to ``project_dir``, the folder holding ``dvc.yaml``.
+    ``shard_deployment`` (e.g. ``genprm-shard/shard``) runs each shard as a run of that deployment.
     """
     root = Path(project_dir).resolve()
     selected = select_stages(stage_order(root / "dvc.yaml"), stages)
@@ -267,7 +282,9 @@ def offline_pipeline(
     logger.info("stages %s via %s", ", ".join(selected), "dvc repro" if via_dvc else "genprm entry points")
     ensure_tag_limit(TRAIN_TAG, 1)
     # On the DVC route the overrides go into params.yaml (like `dvc exp run -S`), not on command lines.
-    route = Route(root, params, via_dvc, [] if via_dvc else overrides, overrides if via_dvc else [])
+    route = Route(
+        root, params, via_dvc, [] if via_dvc else overrides, overrides if via_dvc else [], shard_deployment
+    )
     with (
         overridden_params(root / params, overrides) if route.experiment_overrides else _nothing(),
         tracking.pipeline_run(
@@ -331,6 +348,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--project-dir", default=".", help="The folder holding dvc.yaml.")
     parser.add_argument("--shards", type=int, default=1, help="Shard rollout and label into N mapped tasks.")
     parser.add_argument("--name", dest="experiment", help="DVC experiment name for a run with overrides.")
+    parser.add_argument(
+        "--shard-deployment", help="Run each shard as a run of this deployment (genprm-shard/shard)."
+    )
     args = parser.parse_args(argv)
     logging.getLogger("genprm.tracking").setLevel(logging.INFO)
     result = offline_pipeline(
@@ -340,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         project_dir=args.project_dir,
         shards=args.shards,
         experiment=args.experiment,
+        shard_deployment=args.shard_deployment,
     )
     print(yaml.safe_dump(result, sort_keys=False), end="")
 

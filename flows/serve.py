@@ -1,6 +1,6 @@
 """Serve the deployments of ``prefect.yaml`` on this machine with one command.
 
-    python -m flows.serve                  # work pool (if missing) + `prefect deploy --all` + a worker
+    python -m flows.serve                  # work pool (if missing) + `prefect deploy` + a worker
     python -m flows.serve --no-worker      # only create the pool and the deployments
 
 Against the API in ``PREFECT_API_URL`` (start one with ``prefect server start``); run it in the project
@@ -42,9 +42,13 @@ def ensure_pool(pool: str, project_dir: Path) -> bool:
     return True
 
 
+PIPELINE_DEPLOYMENTS = ("nightly", "on-demand")  # not `shard`: it targets the GPU pool (flows/shards.py)
+
+
 def deploy(project_dir: Path) -> str:
-    """``prefect deploy --all`` from ``project_dir`` (reads its prefect.yaml); returns its output."""
-    proc = _prefect("deploy", "--all", cwd=project_dir)
+    """``prefect deploy`` of the pipeline deployments of ``project_dir``'s prefect.yaml; its output."""
+    names = [arg for name in PIPELINE_DEPLOYMENTS for arg in ("--name", name)]
+    proc = _prefect("deploy", *names, cwd=project_dir)
     return proc.stdout
 
 

@@ -23,3 +23,20 @@ else
   echo "$WANT" > "$STAMP"
   echo "setup: done"
 fi
+
+# Headless Chromium for tests/test_browser.py: Playwright drives Debian's build (Playwright's own browser
+# download is not reachable here). Only as root with apt, only when missing; the test skips without it.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing Debian's chromium for the browser test"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+    || echo "setup: chromium could not be installed; tests/test_browser.py will skip"
+fi
+
+# PostgreSQL for tests/test_postgres_integration.py (MLflow and Prefect servers on it): Debian's server
+# binaries, only as root with apt, only when missing; never fatal (the test skips without them).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1 \
+  && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing Debian's postgresql for the integration test"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql) \
+    || echo "setup: postgresql could not be installed; tests/test_postgres_integration.py will skip"
+fi

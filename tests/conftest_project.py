@@ -21,7 +21,9 @@ from typing import Any
 
 import yaml
 
-# Tiny overrides of the shipped params.yaml: both stages finish in seconds on one thread.
+FIXTURE_LABELS = "data/fixture/labels.parquet"
+
+# Tiny overrides of the shipped params.yaml: every stage finishes in seconds on one thread.
 TINY_OVERRIDES = [
     "prepare.num_problems=100",
     "prepare.processbench_size=40",
@@ -53,6 +55,24 @@ TINY_OVERRIDES = [
     "label.max_tokens=32",
     "label.processbench_max_records=6",
     "label.threads=1",
+    # A tiny policy solves nothing, so no rollout path is kept: synthesize reads a fixture label table of
+    # real small-world paths instead (written by copy_project), and everything downstream runs on it.
+    f"synthesize.input={FIXTURE_LABELS}",
+    "synthesize.teacher.threads=1",
+    "train.max_steps=3",
+    "train.batch_size=2",
+    "train.max_length=768",
+    "train.logging_steps=1",
+    "train.threads=1",
+    "benchmark.genprm.max_tokens=24",
+    "benchmark.genprm.max_rounds=1",
+    "benchmark.genprm.threads=1",
+    "benchmark.samples=[1, 2]",
+    "benchmark.processbench.max_records=3",
+    "benchmark.best_of_n.max_problems=2",
+    "benchmark.best_of_n.n_values=[1, 2]",
+    "benchmark.best_of_n.files=[]",
+    "benchmark.best_of_n.max_tokens=32",
 ]
 
 
@@ -102,4 +122,43 @@ def copy_project(repo_root: Path, dest: Path, params: dict[str, Any] | None = No
                 shutil.copy2(source, target)
     subprocess.run(["git", "init", "-q", str(dest)], check=True)
     write_params(dest, params if params is not None else tiny_params(repo_root))
+    write_fixture_labels(dest / FIXTURE_LABELS)
     return dest
+
+
+def fixture_label_rows(count: int = 12, seed: int = 11) -> list[dict[str, Any]]:
+    """Label-table rows of real small-world paths with known labels, per problem: the gold solution
+    (all 1), one with an arithmetic slip (1 until the slip, then 0), and the gold steps with a wrong last
+    label (a path the consensus filter must drop)."""
+    import random
+
+    from components.synthetic import (
+        SyntheticConfig,
+        generate_problems,
+        gold_steps,
+        inject_error,
+        problem_text,
+    )
+
+    cfg, rng, rows = SyntheticConfig(), random.Random(seed), []
+    for p in generate_problems(cfg, count, seed=seed, prefix="fixture"):
+        text, gold = problem_text(p), gold_steps(p)
+        index = rng.randrange(len(gold))
+        wrong = inject_error(p, rng, cfg, "arithmetic", index)
+        paths = [(gold, [1] * len(gold), True), (gold, [1] * (len(gold) - 1) + [0], True)]
+        if wrong is not None:
+            paths.insert(1, (wrong, [1] * index + [0] * (len(wrong) - index), False))
+        for k, (steps, labels, correct) in enumerate(paths):
+            rows.append({
+                "path_id": f"{p.uid}/{k}", "problem_id": p.uid, "problem": text, "gold_answer": str(p.answer),
+                "steps": steps, "correct": correct, "rpe_labels": labels, "hard_labels": [1] * len(steps),
+            })  # fmt: skip
+    return rows
+
+
+def write_fixture_labels(path: Path) -> Path:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(fixture_label_rows()).to_parquet(path)
+    return path

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from conftest_project import copy_project, project_env, tiny_params, write_params
 
+from components.dvcfile import stage_order
+
 pytestmark = pytest.mark.slow
 
 
@@ -34,7 +36,7 @@ def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-STAGES = ("prepare", "bootstrap", "rollout", "label")
+STAGES = tuple(stage_order(Path(__file__).resolve().parents[1] / "dvc.yaml"))
 
 
 def _ran(proc: subprocess.CompletedProcess[str]) -> set[str]:
@@ -57,6 +59,12 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
         "data/rollout/rollouts.parquet",
         "data/label/labels.parquet",
         "data/label/processbench_labels.parquet",
+        "data/synthesize/sft.jsonl",
+        "data/synthesize/sft_direct.jsonl",
+        "models/genprm/config.json",
+        "models/genprm_direct/config.json",
+        "data/benchmark/processbench_scores.parquet",
+        "plots/benchmark_f1.json",
     ):
         assert (project / rel).is_file(), rel
     policy = project / "models" / "policy"
@@ -70,6 +78,10 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
     assert metrics["metrics/prepare.json"]["data"]["loaded"] == 100
     boot = metrics["metrics/bootstrap.json"]["data"]
     assert 0.0 <= boot["accuracy_greedy"] <= 1.0 and boot["parameters"] > 0
+    synthesized = metrics["metrics/synthesize.json"]["data"]
+    assert 0 < synthesized["kept"] < synthesized["paths"]  # the fixture's wrong-label paths are dropped
+    headline = metrics["metrics/benchmark.json"]["data"]["headline"]
+    assert set(headline) == {"f1_maj@1", "f1_maj@2"}
 
     # Nothing changed: every stage is skipped and the lock file is untouched.
     lock_text = (project / "dvc.lock").read_text()
@@ -84,7 +96,8 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
     write_params(project, tiny_params(repo_root, ["bootstrap.train.steps=10"]))
     assert "bootstrap" in _dvc(project, "status").stdout
     third = _dvc(project, "repro")
-    assert _ran(third) == {"bootstrap", "rollout", "label"}
+    # synthesize reads the fixture label table here (see conftest_project), so it stays cached.
+    assert _ran(third) == set(STAGES) - {"prepare", "synthesize"}
     assert "Stage 'prepare' didn't change" in third.stdout + third.stderr
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["bootstrap"]["params"]["params.yaml"]["bootstrap"]["train"]["steps"] == 10

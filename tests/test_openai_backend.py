@@ -3,7 +3,9 @@
 The real server runs the tiny random model on CPU on a free loopback port. It ignores ``n`` and
 ``logprobs`` and rejects ``top_k`` (measured with transformers 5.23), so the backend must fill ``n`` with
 extra requests and refuse logprobs with ``CapabilityError``. The fake server (``http.server`` in a
-thread) answers from a script, to test retries, backoff, timeouts and response parsing.
+thread) answers from a script, to test retries, backoff, timeouts and response parsing; it counts the
+requests in flight, so several of them behind ``base_urls`` check the spread, the per-server bound and
+the failover (also as counting proxies in front of the real server).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.peak = 0  # most requests in flight at once
         self.reply: Callable[[str, dict[str, Any], int], Reply] = lambda path, body, count: (404, None)
         self.release = threading.Event()
         self.lock = threading.Lock()
@@ -64,7 +68,13 @@ class FakeServer:
                 with server.lock:
                     server.bodies.append(body)
                     count = len(server.bodies)
-                status, payload = server.reply(self.path, body, count)
+                    server.in_flight += 1
+                    server.peak = max(server.peak, server.in_flight)
+                try:
+                    status, payload = server.reply(self.path, body, count)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
                 if status == 0:  # never answer (until the test ends)
                     server.release.wait(10)
                     return
@@ -212,6 +222,95 @@ def test_chat_endpoint_without_a_local_tokenizer(fake: FakeServer) -> None:
     assert fake.bodies[0]["top_logprobs"] == 1 and fake.bodies[0]["logprobs"] is True
 
 
+# ----- several servers: spread, per-server bound, failover -----
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[FakeServer]]:
+    servers = [FakeServer(), FakeServer()]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+def _echo(delay_s: float) -> Callable[[str, dict[str, Any], int], Reply]:
+    def reply(path: str, body: dict[str, Any], count: int) -> Reply:
+        time.sleep(delay_s)
+        return 200, completion(f"<{body['prompt']}>")
+
+    return reply
+
+
+def pool_backend(urls: list[str], **overrides: Any) -> OpenAIBackend:
+    cfg = BackendConfig(backend="openai", model=NO_MODEL, base_urls=urls, **overrides)
+    return OpenAIBackend(cfg, backoff_s=0.01)
+
+
+def _prompts(count: int) -> list[GenerationRequest]:
+    return [GenerationRequest(prompt=f"p{i}") for i in range(count)]
+
+
+def test_requests_spread_over_servers_within_the_per_server_bound(fakes: list[FakeServer]) -> None:
+    for server in fakes:
+        server.reply = _echo(0.1)
+    backend = pool_backend([f.url for f in fakes], max_concurrency=8, max_concurrency_per_server=2)
+    with backend:
+        results = backend.generate(_prompts(16), SamplingParams(max_tokens=4))
+        stats = backend.servers.stats()
+    assert [r.samples[0].text for r in results] == [f"<p{i}>" for i in range(16)]  # order kept
+    assert [f.peak for f in fakes] == [2, 2]  # the bound is reached on each server, never passed
+    counts = [len(f.bodies) for f in fakes]
+    assert sum(counts) == 16 and min(counts) >= 6, counts
+    assert [stats[f.url]["sent"] for f in fakes] == counts
+
+
+def test_one_server_means_no_bound_but_max_concurrency(fake: FakeServer) -> None:
+    fake.reply = _echo(0.1)
+    with pool_backend([fake.url], max_concurrency=3) as backend:
+        backend.generate(_prompts(9), SamplingParams(max_tokens=4))
+    assert fake.peak == 3
+
+
+@pytest.mark.parametrize("failure", ["http-503", "connection-refused"])
+def test_a_failing_servers_requests_are_retried_on_another(fakes: list[FakeServer], failure: str) -> None:
+    good, bad = fakes
+    good.reply = _echo(0.02)
+    bad.reply = lambda path, body, count: (503, None)
+    bad_url = bad.url if failure == "http-503" else f"http://127.0.0.1:{_free_port()}/v1"
+    backend = pool_backend([bad_url, good.url], max_concurrency=4, max_retries=1)
+    with backend:
+        results = backend.generate(_prompts(12), SamplingParams(max_tokens=4))
+        stats = backend.servers.stats()
+    assert [r.samples[0].text for r in results] == [f"<p{i}>" for i in range(12)]
+    assert len(good.bodies) == 12  # every request, including those that failed on the bad server
+    assert stats[bad_url]["sent"] >= 1 and stats[bad_url]["failures"] >= 1
+    assert stats[good.url]["failures"] == 0
+
+
+def test_every_server_failing_still_gives_up(fakes: list[FakeServer]) -> None:
+    for server in fakes:
+        server.reply = lambda path, body, count: (500, None)
+    backend = pool_backend([f.url for f in fakes], max_retries=3)
+    with backend, pytest.raises(GenPRMError, match="after 4 attempts"):
+        backend.generate(_prompts(1), SamplingParams())
+    assert [len(f.bodies) for f in fakes] == [2, 2]  # alternating: a, b, (backoff) a, b
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"base_url": "http://a:1/v1", "base_urls": ["http://b:1/v1"]}, "base_url or base_urls"),
+        ({"base_urls": ["b:1/v1"]}, "not an http"),
+        ({"base_urls": ["http://b:1/v1", "http://b:1/v1"]}, "listed twice"),
+        ({"max_concurrency_per_server": -1}, "max_concurrency_per_server"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+    ],
+)
+def test_server_pool_config_is_validated(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BackendConfig(backend="openai", model=NO_MODEL, **overrides)
+
+
 # ----- a real `transformers serve` -----
 
 
@@ -346,3 +445,39 @@ def test_served_stop_strings_are_cut(remote: OpenAIBackend, local: HFBackend) ->
         assert cut.samples[0].text == text[: text.index(stop)] and cut.samples[0].finish_reason == "stop"
         return
     pytest.fail("no greedy output with a usable stop character")
+
+
+def _forward(target: str) -> Callable[[str, dict[str, Any], int], Reply]:
+    """A reply that passes the request on to the real server (the fake becomes a counting proxy)."""
+
+    def reply(path: str, body: dict[str, Any], count: int) -> Reply:
+        resp = httpx.post(target + path.removeprefix("/v1"), json=body, timeout=60)
+        return resp.status_code, resp.json()
+
+    return reply
+
+
+@pytest.mark.slow
+def test_served_through_several_servers(
+    served: str, tiny_model_dir: Path, local: HFBackend, fakes: list[FakeServer]
+) -> None:
+    """Two counting proxies in front of the real server and a dead one: bounded, spread, same text."""
+    for proxy in fakes:
+        proxy.reply = _forward(served)
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    cfg = BackendConfig(
+        backend="openai",
+        model=str(tiny_model_dir),
+        base_urls=[dead, *(f.url for f in fakes)],
+        max_concurrency=4,
+        max_concurrency_per_server=1,
+        max_retries=2,
+    )
+    requests = _requests(6)
+    with OpenAIBackend(cfg, backoff_s=0.05) as backend:
+        got = backend.generate(requests, GREEDY)
+        stats = backend.servers.stats()
+    want = local.generate(requests, GREEDY)
+    assert [r.samples[0].text for r in got] == [r.samples[0].text for r in want]
+    assert [f.peak for f in fakes] == [1, 1] and all(len(f.bodies) >= 1 for f in fakes)
+    assert sum(len(f.bodies) for f in fakes) == 6 and stats[dead]["failures"] >= 1

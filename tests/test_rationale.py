@@ -37,7 +37,8 @@ def test_format_turn_is_the_papers_layout() -> None:
 
 
 def test_verdict_inside_code_output_is_not_the_verdict() -> None:
-    text = "<verify>\n```python\nprint('\\\\boxed{Yes}')\n```\n[Code Output]\n\n```\n\\boxed{Yes}\n```\n</verify>"
+    code = "```python\nprint('\\\\boxed{Yes}')\n```\n"
+    text = "<verify>\n" + code + "[Code Output]\n\n```\n\\boxed{Yes}\n```\n</verify>"
     assert parse_verdict(text) is None
     assert parse_verdict(text + "<output>\n**Judgement**: $\\boxed{ No }$\n</output>") == 0
     assert parse_verdict("no verdict at all") is None

@@ -39,7 +39,7 @@ def label_row(pid: str, k: int, text: str, steps: list[str], labels: list[int], 
 
 
 def build_label_table() -> tuple[pd.DataFrame, dict[str, bool]]:
-    """Gold paths (all 1), arithmetic-error paths (1 until the error), and paths the teacher must disagree with."""
+    """Gold paths (all 1), arithmetic-slip paths (1 until the slip), paths the teacher disagrees with."""
     cfg, rng = SyntheticConfig(), random.Random(1)
     rows, expect = [], {}
     for p in generate_problems(cfg, 12, seed=11):

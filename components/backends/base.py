@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from components.config import option
-from components.errors import GenPRMError
+from components.errors import ConfigError, GenPRMError
 
 
 class CapabilityError(GenPRMError):
@@ -133,13 +133,42 @@ class BackendConfig:
     dtype: str = option("float32", help="Model dtype: float32, bfloat16, float16 or auto.")
     batch_size: int = option(32, help="hf only: sequences per generate() call (after expanding n).")
     base_url: str | None = option(None, help="openai only: server URL, e.g. http://127.0.0.1:8000/v1.")
+    base_urls: list[str] = option(
+        [],
+        help="openai only: several server URLs (instead of base_url); requests go to the least-loaded one, "
+        "and a failing server's requests are retried on another.",
+    )
     api_key_env: str = option("OPENAI_API_KEY", help="openai only: environment variable with the API key.")
-    max_concurrency: int = option(8, help="openai only: HTTP requests in flight at once.")
+    max_concurrency: int = option(8, help="openai only: HTTP requests in flight at once (all servers).")
+    max_concurrency_per_server: int = option(
+        0, help="openai only: at most this many requests in flight on one server (0: no bound of its own)."
+    )
     timeout_s: float = option(60.0, help="openai only: timeout of one HTTP request in seconds.")
     max_retries: int = option(
         3, help="openai only: retries on connection errors, timeouts, 5xx and 429 (exponential backoff)."
     )
     vllm: dict[str, Any] = option({}, help=_VLLM_HELP)
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise ConfigError(f"backend.max_concurrency: must be at least 1, got {self.max_concurrency}")
+        if self.max_concurrency_per_server < 0:
+            raise ConfigError(
+                f"backend.max_concurrency_per_server: must be >= 0 (0: unbounded), "
+                f"got {self.max_concurrency_per_server}"
+            )
+        if self.base_url and self.base_urls:
+            raise ConfigError("backend.base_urls: give base_url or base_urls, not both")
+        bad = [u for u in self.base_urls if not str(u).startswith(("http://", "https://"))]
+        if bad:
+            raise ConfigError(f"backend.base_urls: {bad[0]!r} is not an http(s) URL")
+        if len(set(self.base_urls)) != len(self.base_urls):
+            raise ConfigError("backend.base_urls: a server is listed twice")
+
+    @property
+    def server_urls(self) -> list[str]:
+        """The servers of the openai backend: ``base_urls``, else ``[base_url]`` (empty when neither)."""
+        return list(self.base_urls) if self.base_urls else ([self.base_url] if self.base_url else [])
 
 
 class Backend(abc.ABC):

@@ -5,6 +5,13 @@ httpx, at most ``cfg.max_concurrency`` requests in flight (a thread pool), each 
 and up to ``cfg.max_retries`` retries with exponential backoff on connection errors, timeouts, HTTP 5xx
 and 429 (``Retry-After`` is honoured). Other 4xx answers fail at once with the server's message.
 
+Several servers (``cfg.base_urls``, e.g. one ``vllm serve`` per GPU node): each request goes to the
+least-loaded server (fewest requests in flight, then fewest sent: round-robin when idle), never more
+than ``cfg.max_concurrency_per_server`` in flight on one server (:class:`ServerPool`). A request that
+fails on a server (connection error, timeout, 5xx, 429) is retried at once on another one; the backoff
+sleep comes only when every server has failed it. A failing server is avoided for a cooldown that
+doubles with its consecutive failures (at most 30 s) while others are available.
+
 Prompts: when the tokenizer of ``cfg.model`` (with a chat template) can be loaded locally (a model
 directory, or a cached or reachable hub id; set ``HF_HUB_OFFLINE=1`` offline), every request goes to
 ``/v1/completions`` with the prompt rendered here from the chat template plus the prefill, so every
@@ -33,9 +40,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +76,60 @@ class _Call:
     seed: int | None
 
 
+@dataclass
+class _Server:
+    url: str
+    in_flight: int = 0
+    sent: int = 0
+    failures: int = 0  # consecutive
+    down_until: float = 0.0  # monotonic time until which the server is avoided
+    peak: int = field(default=0)  # most requests in flight at once, as seen here
+
+
+class ServerPool:
+    """The servers behind the backend: least-loaded choice under a per-server bound, failover."""
+
+    MAX_COOLDOWN_S = 30.0
+
+    def __init__(self, urls: list[str], per_server: int, cooldown_s: float = 1.0) -> None:
+        self.servers = [_Server(u.rstrip("/")) for u in urls]
+        self.per_server = per_server if per_server > 0 else None
+        self.cooldown_s = cooldown_s
+        self.cond = threading.Condition()
+
+    def acquire(self, avoid: set[str]) -> _Server:
+        """A slot on the least-loaded server not in ``avoid`` (any server when all are); blocks when full."""
+        with self.cond:
+            while True:
+                candidates = [s for s in self.servers if s.url not in avoid] or self.servers
+                free = [s for s in candidates if self.per_server is None or s.in_flight < self.per_server]
+                if free:
+                    now = time.monotonic()
+                    best = min(free, key=lambda s: (s.down_until > now, s.in_flight, s.sent))
+                    best.in_flight += 1
+                    best.sent += 1
+                    best.peak = max(best.peak, best.in_flight)
+                    return best
+                self.cond.wait()
+
+    def release(self, server: _Server, ok: bool) -> None:
+        """Free the slot; a failure puts the server on a cooldown, a success clears it."""
+        with self.cond:
+            server.in_flight -= 1
+            if ok:
+                server.failures, server.down_until = 0, 0.0
+            else:
+                server.failures += 1
+                cooldown = min(self.MAX_COOLDOWN_S, self.cooldown_s * 2 ** (server.failures - 1))
+                server.down_until = time.monotonic() + cooldown
+            self.cond.notify_all()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per server: requests sent, the peak in flight, consecutive failures."""
+        with self.cond:
+            return {s.url: {"sent": s.sent, "peak": s.peak, "failures": s.failures} for s in self.servers}
+
+
 def load_local_tokenizer(model: str) -> Any:
     """The tokenizer of ``model`` if it can be loaded here, else None (logged)."""
     if looks_like_path(model) and not Path(model).expanduser().is_dir():
@@ -88,10 +150,15 @@ class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, cfg: BackendConfig, tokenizer: Any = None, backoff_s: float = 0.5) -> None:
-        if not cfg.base_url:
-            raise ConfigError("backend.base_url: required for the openai backend (e.g. http://host:8000/v1)")
+        urls = cfg.server_urls
+        if not urls:
+            raise ConfigError(
+                "backend.base_url: required for the openai backend (e.g. http://host:8000/v1), "
+                "or backend.base_urls for several servers"
+            )
         self.cfg = cfg
-        self.base_url = cfg.base_url.rstrip("/")
+        self.servers = ServerPool(urls, cfg.max_concurrency_per_server, cooldown_s=backoff_s)
+        self.base_url = ", ".join(s.url for s in self.servers.servers)  # for messages
         self.backoff_s = backoff_s
         self.tokenizer = tokenizer if tokenizer is not None else load_local_tokenizer(cfg.model)
         self.supports_n: bool | None = None
@@ -183,25 +250,35 @@ class OpenAIBackend(Backend):
         return [self._sample(c, endpoint, usage, len(choices), params) for c in choices]
 
     def _post(self, endpoint: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST with retries on connection errors, timeouts, 5xx and 429."""
-        url = self.base_url + endpoint
-        last = ""
+        """POST with retries on connection errors, timeouts, 5xx and 429: on another server first."""
+        last, url = "", self.base_url + endpoint
+        tried: set[str] = set()  # servers that failed this request since the last backoff sleep
         for attempt in range(self.cfg.max_retries + 1):
             wait = self.backoff_s * 2**attempt
+            server = self.servers.acquire(tried)
+            url, ok = server.url + endpoint, False
             try:
                 resp = self.client.post(url, json=payload)
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             else:
+                ok = resp.status_code < 500 and resp.status_code != 429  # the server itself is fine
                 if resp.status_code < 400:
                     return dict(resp.json())
-                if resp.status_code != 429 and resp.status_code < 500:
+                if ok:
                     raise self._client_error(url, resp, payload)
                 last = f"HTTP {resp.status_code}: {resp.text[:300]}"
                 wait = max(wait, _retry_after(resp))
+            finally:
+                self.servers.release(server, ok)
+            tried.add(server.url)
             if attempt < self.cfg.max_retries:
-                log.warning("%s: %s; retry %d in %.1fs", url, last, attempt + 1, wait)
-                time.sleep(wait)
+                every = len(tried) >= len(self.servers.servers)
+                when = f"in {wait:.1f}s" if every else "now, on another server"
+                log.warning("%s: %s; retry %d %s", url, last, attempt + 1, when)
+                if every:
+                    time.sleep(wait)
+                    tried.clear()
         raise GenPRMError(f"{url}: failed after {self.cfg.max_retries + 1} attempts; last error: {last}")
 
     @staticmethod
