@@ -49,7 +49,7 @@ class ScorerConfig:
     )
     temperature: float = option(0.7, help="Sampling temperature of the critiques (Maj@N needs > 0).")
     top_p: float = option(1.0, help="Nucleus sampling threshold of the critiques.")
-    max_tokens: int = option(256, help="Tokens per generation round (a round ends at a code fence).")
+    max_tokens: int = option(320, help="Tokens per generation round (a round ends at a code fence).")
     max_rounds: int = option(2, help="Code executions per step before the verdict.")
     execute: bool = option(True, help="Run the model's code in the sandbox (false: the no-code ablation).")
     logprobs: int = option(20, help="Top-k logprobs requested for the verdict token (0: verdict text only).")
