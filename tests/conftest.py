@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -77,3 +77,14 @@ def shared_file(shared_data: Path) -> Callable[[str], Path]:
         return path
 
     return get
+
+
+@pytest.fixture(autouse=True)
+def restore_environment() -> Iterator[None]:
+    """Undo environment changes a test leaves behind. ``mlflow.set_tracking_uri`` (called by tracking,
+    training and registry code in-process) also sets ``MLFLOW_TRACKING_URI`` in ``os.environ``, which would
+    otherwise send every later test's subprocesses to an earlier test's store."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -68,23 +68,34 @@ def remount_readonly() -> list[str]:
     return failed
 
 
-def hide_dirs(keep: str) -> list[str]:
-    """Cover world-writable and socket directories with empty read-only tmpfs; ``keep`` stays reachable
-    (re-bound at its own path). Returns the directories hidden."""
-    keep_fd = os.open(keep, os.O_PATH | os.O_DIRECTORY)
+def hide_dirs(keep: str, readable: list[str] | None = None) -> list[str]:
+    """Cover world-writable and socket directories with empty read-only tmpfs; ``keep`` (the work root)
+    and the ``readable`` paths inside them (e.g. a virtualenv or checkout under /tmp holding the
+    interpreter's packages) stay reachable, re-bound at their own paths. Returns the directories hidden."""
+    # A hidden directory itself (or an ancestor of one, e.g. sys.path holding /tmp) cannot stay readable.
+    readable = [
+        p
+        for p in readable or []
+        if not any(h == os.path.realpath(p) or h.startswith(os.path.realpath(p) + "/") for h in HIDDEN_DIRS)
+    ]
+    wanted = sorted({os.path.realpath(p) for p in [keep, *readable] if os.path.isdir(p)})
+    outer = [p for p in wanted if not any(p.startswith(q + "/") for q in wanted if q != p)]
+    fds = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in outer}
     hidden = []
     try:
         for path in HIDDEN_DIRS:
             if not os.path.isdir(path) or os.path.islink(path):
                 continue
             mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-            if keep.startswith(path + "/"):
-                os.makedirs(keep, mode=0o711)
-                mount(f"/proc/self/fd/{keep_fd}", keep, None, MS_BIND)
+            for inner, fd in fds.items():
+                if inner.startswith(path + "/"):
+                    os.makedirs(inner, mode=0o755)
+                    mount(f"/proc/self/fd/{fd}", inner, None, MS_BIND | MS_REC)
             mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
             hidden.append(path)
     finally:
-        os.close(keep_fd)
+        for fd in fds.values():
+            os.close(fd)
     return hidden
 
 

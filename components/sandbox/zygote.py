@@ -42,7 +42,7 @@ def isolate_filesystem(config: dict[str, Any]) -> dict[str, Any]:
     failed = linux.remount_readonly()
     caps["readonly_filesystem"] = "/" not in failed
     caps["readonly_failed"] = failed
-    caps["hidden_dirs"] = linux.hide_dirs(config["workroot"])
+    caps["hidden_dirs"] = linux.hide_dirs(config["workroot"], interpreter_paths())
     caps["exposed_dirs"] = linux.expose(interpreter_paths())
     workroot = config["workroot"]
     if not os.path.ismount(workroot):
