@@ -153,27 +153,45 @@ def run_chains(
     threads: int = 4,
     desc: str = "critique",
 ) -> None:
-    """Advance every chain to its end, one batched generation call per round."""
+    """Advance every chain to its end, one batched generation call per round.
+
+    Each chain holds a sandbox session from its first code block to its end, so chains run in groups of
+    at most ``sandbox.config.max_sessions``: more would wait for a session that only a finished chain
+    frees, while every chain waits for the next generation round.
+    """
     total = sum(len(chain.steps) for chain in chains)
-    round_ = 0
+    group = sandbox.config.max_sessions if sandbox is not None else max(1, len(chains))
+    rounds = 0
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, tqdm(total=total, desc=desc) as bar:
-            while active := [chain for chain in chains if not chain.done]:
-                seed = None if settings.seed is None else settings.seed + round_
-                results = backend.generate(
-                    [c.request(settings.system) for c in active], settings.sampling(seed)
-                )
-                before = sum(len(c.turns) for c in active)
-                samples = [result.samples[0] for result in results]
-                list(
-                    pool.map(
-                        lambda pair: pair[0].advance(pair[1], settings, sandbox),
-                        zip(active, samples, strict=True),
-                    )
-                )
-                bar.update(sum(len(c.turns) for c in active) - before)
-                round_ += 1
+            for start in range(0, len(chains), group):
+                rounds += _run_group(backend, chains[start : start + group], settings, sandbox, pool, bar)
     finally:
         for chain in chains:
             chain.close()
-    log.info("%s: %d chains, %d steps in %d generation rounds", desc, len(chains), total, round_)
+    log.info("%s: %d chains, %d steps in %d generation rounds", desc, len(chains), total, rounds)
+
+
+def _run_group(
+    backend: Backend,
+    chains: list[Chain],
+    settings: CritiqueSettings,
+    sandbox: Sandbox | None,
+    pool: ThreadPoolExecutor,
+    bar: tqdm,
+) -> int:
+    """Lockstep rounds over ``chains`` until all are done; returns the number of rounds."""
+    round_ = 0
+    while active := [chain for chain in chains if not chain.done]:
+        seed = None if settings.seed is None else settings.seed + round_
+        results = backend.generate([c.request(settings.system) for c in active], settings.sampling(seed))
+        before = sum(len(c.turns) for c in active)
+        samples = [result.samples[0] for result in results]
+        list(
+            pool.map(
+                lambda pair: pair[0].advance(pair[1], settings, sandbox), zip(active, samples, strict=True)
+            )
+        )
+        bar.update(sum(len(c.turns) for c in active) - before)
+        round_ += 1
+    return round_

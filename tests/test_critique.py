@@ -125,3 +125,15 @@ def test_scorer_averages_samples_and_maps_missing_verdicts_to_half(sandbox: Sand
 
     [blank] = GenPRMScorer(cfg, backend=ScriptedBackend(silent), sandbox=sandbox).score([("P", ["a"])])
     assert blank.rewards() == [0.5] and blank.missing_verdicts == 1
+
+
+@pytest.mark.timeout(120)
+def test_more_chains_than_open_sessions_run_in_groups() -> None:
+    # Each chain keeps its session until its last step; with more chains than sessions, a lockstep
+    # round over all of them would wait forever for a session.
+    with Sandbox(SandboxConfig(workers=2, max_sessions=4, preload=[])) as box:
+        chains = [Chain("P", [f"total = {i}", "total = total + 1"]) for i in range(10)]
+        run_chains(ScriptedBackend(verifier), chains, CritiqueSettings(), box, threads=4)
+    assert [[t.verdict for t in c.turns] for c in chains] == [
+        [int(i % 2 == 0), int(i % 2 == 1)] for i in range(10)
+    ]
