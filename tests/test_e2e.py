@@ -27,7 +27,7 @@ def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=project_env(project),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # every stage on one thread; generous for a loaded machine
         check=False,
     )
     assert proc.returncode == 0, (
