@@ -1,8 +1,8 @@
 """The offline pipeline end to end with real DVC, in a throwaway git repo holding a copy of the project.
 
-``dvc repro`` runs every stage through the ``genprm`` console script with tiny params (one thread), then
-the caching promise is checked: a second ``dvc repro`` runs nothing, and changing one bootstrap param
-reruns bootstrap only.
+``dvc repro`` runs every stage, prepare to register, through the ``genprm`` console script with tiny
+params (one thread), then the caching promise is checked: a second ``dvc repro`` runs nothing, and
+changing a train param reruns exactly the stages downstream of it.
 """
 
 from __future__ import annotations
@@ -92,14 +92,12 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
     assert (project / "dvc.lock").read_text() == lock_text
     assert "up to date" in _dvc(project, "status").stdout
 
-    # A bootstrap param changed: bootstrap and what depends on the model rerun, prepare does not.
-    write_params(project, tiny_params(repo_root, ["bootstrap.train.steps=10"]))
-    assert "bootstrap" in _dvc(project, "status").stdout
+    # A train param changed: both training stages (they read the train section) and what reads their
+    # models rerun; nothing upstream does.
+    write_params(project, tiny_params(repo_root, ["train.lr=0.001"]))
+    assert "train" in _dvc(project, "status").stdout
     third = _dvc(project, "repro")
-    # synthesize reads the fixture label table here (see conftest_project), so it stays cached.
-    assert _ran(third) == set(STAGES) - {"prepare", "synthesize"}
-    assert "Stage 'prepare' didn't change" in third.stdout + third.stderr
+    assert _ran(third) == {"train", "train_direct", "benchmark", "register"}
+    assert "Stage 'bootstrap' didn't change" in third.stdout + third.stderr
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert lock["stages"]["bootstrap"]["params"]["params.yaml"]["bootstrap"]["train"]["steps"] == 10
-    curve = json.loads((project / "plots" / "bootstrap_loss.json").read_text())
-    assert curve[-1]["step"] == 10
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["lr"] == 0.001
