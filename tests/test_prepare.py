@@ -53,12 +53,16 @@ def _write_jsonl(path: Path, records: list[Any]) -> Path:
     return path
 
 
+# Not stage outputs: the quality reports (GE results, Data Docs) and the MLflow store that tracking keeps
+# in the working directory (a failed run is recorded there as FAILED, by design).
+NOT_OUTPUTS = {"reports", "mlflow.db", "mlartifacts"}
+
+
 def _files(root: Path) -> set[str]:
-    # reports/ holds the quality reports (Great Expectations results and Data Docs)
     return {
         str(p.relative_to(root))
         for p in root.rglob("*")
-        if p.is_file() and "reports" not in p.relative_to(root).parts
+        if p.is_file() and not NOT_OUTPUTS & set(p.relative_to(root).parts)
     }
 
 
