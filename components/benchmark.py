@@ -295,11 +295,8 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
         rows += system_rows
     bon = best_of_n(cfg)
     metrics = as_percent({"processbench": processbench, "best_of_n": bon})
-    metrics["headline"] = {
-        k: metrics["processbench"]["genprm"][f"maj@{n}"]["mean_f1"]
-        for n in cfg.samples
-        for k in [f"f1_maj@{n}"]
-    }
+    genprm = metrics["processbench"]["genprm"]
+    metrics["headline"] = {f"f1_maj@{n}": genprm[f"maj@{n}"]["mean_f1"] for n in cfg.samples}
     # Ties these metrics to the weights scored: `register` never promotes a model on another's numbers.
     metrics["model_fingerprint"] = fingerprint(model_fingerprint(cfg.genprm.model.model))
     metrics["seconds"] = round(time.perf_counter() - started, 1)

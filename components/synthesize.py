@@ -158,7 +158,7 @@ def _cell(verdict: int, label: int) -> str:
 def summarize(rationales: pd.DataFrame, labels: str) -> dict[str, Any]:
     """Kept rate, verdict-vs-label confusion over steps, code error and timeout rates, rounds per step."""
     verdicts = [v for vs in rationales.verdicts for v in vs]
-    gold = [int(v) for vs in rationales[labels] for v in vs]
+    gold = [int(v) for vs in rationales["labels"] for v in vs]  # the consensus labels, i.e. `labels`
     runs = int(rationales.code_runs.sum())
     confusion = {_cell(v, g): 0 for v in (1, 0, -1) for g in (1, 0)}
     for v, g in zip(verdicts, gold, strict=True):
