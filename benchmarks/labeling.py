@@ -4,7 +4,7 @@
                                   [--problems 8] [--k K] [--max-tokens 128] [--threads 2]
                                   [--check-problems 8]
 
-- ours (``components.montecarlo.estimate``, what the label stage runs): per problem, wave t is ONE call
+- ours (``components.method.montecarlo.estimate``, what the label stage runs): per problem, wave t is ONE call
   holding the step-t prefixes of the paths still alive, identical prefixes once, n=K; paths stop at
   their first MC of 0.
 - naive (the Math-Shepherd loop): for every path and every step t < T, K calls of n=1 (one request at a
@@ -44,10 +44,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from components.backends import Backend, BackendConfig, GenerationRequest, SamplingParams  # noqa: E402
 from components.backends.base import GenerationResult  # noqa: E402
-from components.journal import unit_seed  # noqa: E402
-from components.label import LabelConfig, rollout_units  # noqa: E402
-from components.metrics import first_error_from_labels  # noqa: E402
-from components.montecarlo import (  # noqa: E402
+from components.data.journal import unit_seed  # noqa: E402
+from components.method.metrics import first_error_from_labels  # noqa: E402
+from components.method.montecarlo import (  # noqa: E402
     Estimate,
     PathInput,
     Spend,
@@ -59,6 +58,7 @@ from components.montecarlo import (  # noqa: E402
     rpe_labels,
     score_samples,
 )
+from components.stages.label import LabelConfig, rollout_units  # noqa: E402
 
 
 class Counting(Backend):
@@ -75,7 +75,7 @@ class Counting(Backend):
 
 def naive_estimate(backend: Backend, cfg: LabelConfig, unit: Unit) -> Estimate:
     """Math-Shepherd: K single-sample calls at every step prefix of every path, no early stop."""
-    from components.prompts import chat_messages
+    from components.method.prompts import chat_messages
 
     assert unit.mc0 is not None
     k = k_for(unit.mc0, cfg)
@@ -145,7 +145,7 @@ def agreement(ours: Result, naive: Result, epsilon: float) -> dict[str, tuple[in
 
 def synthetic_units(count: int) -> list[Unit]:
     """Problems of the small world, each with its gold solution and three one-error solutions."""
-    from components.synthetic import (
+    from components.world.synthetic import (
         ERROR_KINDS,
         SyntheticConfig,
         generate_problems,
@@ -169,7 +169,7 @@ def synthetic_units(count: int) -> list[Unit]:
 
 def load_units(rollouts: Path, count: int) -> list[Unit]:
     if rollouts.is_file():
-        from components.io import read_parquet
+        from components.data.io import read_parquet
 
         print(f"paths: kept paths of {rollouts}")
         return rollout_units(read_parquet(rollouts), rollouts)[:count]

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from components.backends.base import BackendConfig
-from components.config import build_config
-from components.processbench import load_subset
-from components.scorer import GenPRMScorer, ScorerConfig
+from components.method.processbench import load_subset
+from components.method.scorer import GenPRMScorer, ScorerConfig
+from components.platform.config import build_config
 
 
 def timed(fn):  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ up-to-date stage is skipped and ``dvc.lock`` stays the truth about the outputs.
   ``dvc.lock``. An up-to-date stage (``dvc status``) is skipped. With ``shard_deployment`` each shard
   is instead one flow run of that deployment (``flows/shards.py``), so its work pool spreads them.
 - **Tracking**: one MLflow parent run per flow run with a nested run per stage execution
-  (``components/tracking.py``); a markdown artifact ``genprm-pipeline-summary`` lists each stage's
+  (``components/platform/tracking.py``); a markdown artifact ``genprm-pipeline-summary`` lists each stage's
   outcome, its key metrics and the MLflow run link.
 - **Failures**: a failing stage fails the flow with the stage's own stderr tail (``StageFailed``);
   transient failures are retried with backoff, user errors (exit 2) and timeouts are not. Training
@@ -49,8 +49,8 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from components import tracking
-from components.dvcfile import read_stages, stage_order, stage_paths
+from components.platform import tracking
+from components.platform.dvcfile import read_stages, stage_order, stage_paths
 from flows.shards import run_shards_as_deployments
 from flows.stages import (
     DEFAULT_TIMEOUT_S,
@@ -106,7 +106,7 @@ def uses_dvc(project_dir: Path, params: str, overrides: list[str] | None = None)
 
 def check_overrides(params_path: Path, overrides: list[str]) -> None:
     """Fail before anything runs when an override names an unknown key or has a bad value."""
-    from components.params import load_params
+    from components.platform.params import load_params
 
     load_params(params_path, overrides)
 
@@ -139,7 +139,7 @@ def overridden_params(params_path: Path, overrides: list[str]) -> Iterator[None]
 
 def experiment_files(project_dir: Path) -> list[str]:
     """``dvc.lock`` and every stage's metrics and plots files that exist (what ``dvc exp show`` reads)."""
-    from components.config import read_params
+    from components.platform.config import read_params
 
     params = read_params(project_dir / "params.yaml")
     names = ["dvc.lock"]

@@ -33,7 +33,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-USER_ERROR_EXIT = 2  # the genprm CLI's status for bad params or input (components/cli.py)
+USER_ERROR_EXIT = 2  # the genprm CLI's status for bad params or input (components/platform/cli.py)
 TAIL_LINES = 30
 TRAIN_TAG = "genprm-train"  # tag concurrency limit 1: one training run at a time on this API
 DEFAULT_TIMEOUT_S = 6 * 3600.0

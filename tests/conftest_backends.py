@@ -1,7 +1,8 @@
 """A tiny random chat model on disk for the backend tests and the generation benchmark.
 
 ``build_tiny_model(path)`` trains a byte-level BPE tokenizer on a few hundred synthetic arithmetic lines
-(ChatML special tokens and chat template, from ``components.smallmodel``) and saves it with a random-init
+(ChatML special tokens and chat template, from ``components.world.smallmodel``) and saves it with a
+random-init
 Qwen2 (hidden 32, 2 layers, 2 heads) into ``path``. The weights are redrawn with a larger spread than
 the default init so greedy outputs vary between prompts and EOS shows up, which the tests need, and its
 generation config has ``do_sample=True`` so that ``transformers serve`` honours a request's temperature.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from components.smallmodel import ModelConfig, build_model, train_tokenizer
+from components.world.smallmodel import ModelConfig, build_model, train_tokenizer
 
 TINY_SHAPE = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64)
 

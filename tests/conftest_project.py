@@ -78,7 +78,7 @@ TINY_OVERRIDES = [
 
 def tiny_params(repo_root: Path, extra: list[str] | None = None) -> dict[str, Any]:
     """The shipped params.yaml with :data:`TINY_OVERRIDES` (and ``extra``) applied."""
-    from components.config import apply_overrides, read_params
+    from components.platform.config import apply_overrides, read_params
 
     return apply_overrides(read_params(repo_root / "params.yaml"), TINY_OVERRIDES + (extra or []))
 
@@ -132,7 +132,7 @@ def fixture_label_rows(count: int = 12, seed: int = 11) -> list[dict[str, Any]]:
     label (a path the consensus filter must drop)."""
     import random
 
-    from components.synthetic import (
+    from components.world.synthetic import (
         SyntheticConfig,
         generate_problems,
         gold_steps,

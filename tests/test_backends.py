@@ -26,8 +26,8 @@ from components.backends.base import (
 )
 from components.backends.hf import HFBackend, left_pad, length_order
 from components.backends.vllm import from_vllm_output, to_vllm_sampling_kwargs
-from components.config import build_config
-from components.errors import ConfigError, GenPRMError
+from components.platform.config import build_config
+from components.platform.errors import ConfigError, GenPRMError
 
 
 @pytest.fixture(scope="session")

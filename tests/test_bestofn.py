@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from components.bestofn import SELECTORS, Candidate, accuracy, select, solution_score
+from components.method.bestofn import SELECTORS, Candidate, accuracy, select, solution_score
 
 
 def c(answer: str | None, correct: bool, *rewards: float) -> Candidate:

@@ -21,7 +21,11 @@ import torch
 from conftest_project import TINY_OVERRIDES
 from typer.testing import CliRunner
 
-from components.bootstrap import (
+from components.data.records import normalize_text
+from components.method.prompts import POLICY_SYSTEM_PROMPT, STEP_PREFILL, chat_messages
+from components.platform.cli import app
+from components.platform.errors import DataError
+from components.stages.bootstrap import (
     RATIONALE_SCAFFOLD,
     BootstrapConfig,
     EvalConfig,
@@ -32,14 +36,10 @@ from components.bootstrap import (
     run,
     tokenizer_corpus,
 )
-from components.cli import app
-from components.errors import DataError
-from components.prepare import main as prepare_main
-from components.pretrain import PAD_MULTIPLE, collate, encode_example
-from components.prompts import POLICY_SYSTEM_PROMPT, STEP_PREFILL, chat_messages
-from components.records import normalize_text
-from components.smallmodel import IM_END, IM_START, PAD, ModelConfig, train_tokenizer
-from components.synthetic import SyntheticConfig
+from components.stages.prepare import main as prepare_main
+from components.world.pretrain import PAD_MULTIPLE, collate, encode_example
+from components.world.smallmodel import IM_END, IM_START, PAD, ModelConfig, train_tokenizer
+from components.world.synthetic import SyntheticConfig
 
 WORLD = SyntheticConfig()
 TINY_MODEL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64)

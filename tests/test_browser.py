@@ -51,7 +51,7 @@ def free_port() -> int:
 
 def pipeline_runs(project: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> dict[float, str]:
     """Two pipeline executions (parent run + the register stage nested): epsilon -> parent run id."""
-    from components import tracking
+    from components.platform import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     runs = {}
@@ -63,7 +63,7 @@ def pipeline_runs(project: Path, db: Path, monkeypatch: pytest.MonkeyPatch) -> d
             project, Path("params.yaml"), f"pipeline epsilon={epsilon}", overrides=[override]
         ) as run:
             proc = subprocess.run(
-                [sys.executable, "-m", "components.cli", "register", "--set", override],
+                [sys.executable, "-m", "components.platform.cli", "register", "--set", override],
                 cwd=project,
                 env={**store_env(db), **run.env()},
                 capture_output=True,

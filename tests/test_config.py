@@ -1,4 +1,5 @@
-"""Tests for components.config and components.params: strict typed loading, overrides, describe."""
+"""Tests for components.platform.config and components.platform.params: strict typed loading, overrides,
+describe."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from typing import Any, Literal
 import pytest
 import yaml
 
-from components.bootstrap import BootstrapConfig
-from components.config import (
+from components.platform.config import (
     apply_overrides,
     build_config,
     check_sections,
@@ -22,10 +22,11 @@ from components.config import (
     read_params,
     to_dict,
 )
-from components.errors import ConfigError, GenPRMError
-from components.params import SECTION_CLASSES, load_params, section_class, sections
-from components.prepare import PrepareConfig
-from components.synthetic import SyntheticConfig
+from components.platform.errors import ConfigError, GenPRMError
+from components.platform.params import SECTION_CLASSES, load_params, section_class, sections
+from components.stages.bootstrap import BootstrapConfig
+from components.stages.prepare import PrepareConfig
+from components.world.synthetic import SyntheticConfig
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import pytest
 
 from components.backends.base import Backend, GenerationRequest, GenerationResult, Sample, SamplingParams
-from components.critique import Chain, CritiqueSettings, run_chains
-from components.rationale import CODE_STOP
+from components.method.critique import Chain, CritiqueSettings, run_chains
+from components.method.rationale import CODE_STOP
+from components.method.scorer import GenPRMScorer, ScorerConfig
 from components.sandbox import Sandbox, SandboxConfig
-from components.scorer import GenPRMScorer, ScorerConfig
 
 Script = Callable[[str, str], str]
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest_project import copy_project, project_env, tiny_params, write_params
 
-from components.dvcfile import stage_order
+from components.platform.dvcfile import stage_order
 
 pytestmark = pytest.mark.slow
 

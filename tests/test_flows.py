@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conftest_project import copy_project, project_env, tiny_params
 
-from components.errors import ConfigError
+from components.platform.errors import ConfigError
 from flows.pipeline import (
     SUMMARY_KEY,
     USER_ERROR_EXIT,

@@ -1,4 +1,5 @@
-"""Tests for components.grading: answer extraction, gold normalization, equivalence (threads, processes)."""
+"""Tests for components.method.grading: answer extraction, gold normalization, equivalence (threads,
+processes)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.grading import extract_answer, grade_many, is_equivalent, normalize_gold
+from components.method.grading import extract_answer, grade_many, is_equivalent, normalize_gold
 
 # (unique_id, expected gold answer as stored, an equivalent rewrite a model might produce)
 EQUIVALENT = [

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components.errors import ConfigError, DataError
-from components.journal import Journal, ShardSpec, fingerprint, shard, unit_seed
+from components.data.journal import Journal, ShardSpec, fingerprint, shard, unit_seed
+from components.platform.errors import ConfigError, DataError
 
 
 def test_unit_seed_depends_on_identity_not_order() -> None:

@@ -1,5 +1,5 @@
 """The label stage: K schedule, RPE and hard-MC labels, the wave schedule with early stop, bad input,
-merged shards, and a SIGKILL-resumed run (components/label.py, components/montecarlo.py).
+merged shards, and a SIGKILL-resumed run (components/stages/label.py, components/method/montecarlo.py).
 
 The real-model tests use the tests' tiny random Qwen2, which practically never writes a ``\\boxed{}``:
 a prefix whose steps box the gold answer gets MC 1, any other prefix MC 0, so the MC values (and which
@@ -30,10 +30,18 @@ from components.backends import (
     Sample,
     SamplingParams,
 )
-from components.errors import ConfigError, DataError
-from components.journal import Journal, unit_seed
-from components.label import LABEL_COLUMNS, PROCESSBENCH_COLUMNS, LabelConfig, main, rollout_units, run
-from components.montecarlo import PathInput, Unit, estimate, hard_labels, k_for, prefix_text, rpe_labels
+from components.data.journal import Journal, unit_seed
+from components.method.montecarlo import (
+    PathInput,
+    Unit,
+    estimate,
+    hard_labels,
+    k_for,
+    prefix_text,
+    rpe_labels,
+)
+from components.platform.errors import ConfigError, DataError
+from components.stages.label import LABEL_COLUMNS, PROCESSBENCH_COLUMNS, LabelConfig, main, rollout_units, run
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -302,8 +310,8 @@ def write_params(folder: Path, model: Path, **label: Any) -> Path:
 
 
 def test_synthetic_processbench_records_carry_gold_answers() -> None:
-    from components.records import processbench_from_dict
-    from components.synthetic import SyntheticConfig, generate_problems, generate_processbench
+    from components.data.records import processbench_from_dict
+    from components.world.synthetic import SyntheticConfig, generate_problems, generate_processbench
 
     world = generate_problems(SyntheticConfig(), 10, seed=3)
     records = generate_processbench(SyntheticConfig(), world, seed=3, error_fraction=0.5)
@@ -403,7 +411,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table(
     monkeypatch.chdir(clean)
     main(clean / "params.yaml", [])
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GENPRM_LOG_LEVEL": "WARNING"}
-    command = [sys.executable, "-m", "components.cli", "label"]
+    command = [sys.executable, "-m", "components.platform.cli", "label"]
     proc = subprocess.Popen(command, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     journal = killed / "out" / ".progress-0of1.jsonl"
     deadline = time.monotonic() + 120

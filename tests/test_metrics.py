@@ -1,4 +1,4 @@
-"""ProcessBench metrics (components/metrics.py) pinned on hand-computed cases (DESIGN.md §3)."""
+"""ProcessBench metrics (components/method/metrics.py) pinned on hand-computed cases (DESIGN.md §3)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from components.metrics import (
+from components.method.metrics import (
     first_error_from_labels,
     first_error_from_rewards,
     harmonic_f1,

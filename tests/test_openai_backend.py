@@ -35,7 +35,7 @@ from components.backends.base import (
 )
 from components.backends.hf import HFBackend
 from components.backends.openai import OpenAIBackend
-from components.errors import ConfigError, GenPRMError
+from components.platform.errors import ConfigError, GenPRMError
 
 NO_MODEL = "/nonexistent/served-model"  # path-like and absent: no local tokenizer, no hub look-up
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.errors import ConfigError
-from components.params import load_params
-from components.sources import load_hf_problems
+from components.data.sources import load_hf_problems
+from components.platform.errors import ConfigError
+from components.platform.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "infra" / "paper" / "params.yaml"
@@ -72,7 +72,7 @@ def test_paper_prepare_reads_math_train_and_refuses_an_unpinned_hub_dataset(pape
 
 def test_genprm_params_check_accepts_the_paper_file() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "components.cli", "params", "check", "--params", str(PAPER)],
+        [sys.executable, "-m", "components.platform.cli", "params", "check", "--params", str(PAPER)],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

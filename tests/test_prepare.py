@@ -19,19 +19,19 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from components.cli import app
-from components.errors import ConfigError, DataError
-from components.io import read_jsonl
-from components.prepare import (
+from components.data.io import read_jsonl
+from components.data.records import Problem, normalize_text, problems_from_frame, processbench_from_dict
+from components.data.sources import FileSourceConfig
+from components.platform.cli import app
+from components.platform.errors import ConfigError, DataError
+from components.stages.prepare import (
     PrepareConfig,
     deduplicate,
     main,
     run,
     split,
 )
-from components.records import Problem, normalize_text, problems_from_frame, processbench_from_dict
-from components.sources import FileSourceConfig
-from components.synthetic import SyntheticConfig
+from components.world.synthetic import SyntheticConfig
 
 WORLD = SyntheticConfig()
 SMALL = PrepareConfig(num_problems=300, processbench_size=60, test_fraction=0.25, seed=5)
@@ -367,7 +367,7 @@ def test_real_subprocess_malformed_jsonl(repo_root: Path, workdir: Path) -> None
         [
             sys.executable,
             "-m",
-            "components.cli",
+            "components.platform.cli",
             "prepare",
             "--set",
             "prepare.source=file",

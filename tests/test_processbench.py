@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from components.cli import app
-from components.errors import DataError
-from components.processbench import evaluate, evaluate_files, load_subset, predictions_from_rewards
-from components.records import ProcessBenchRecord
+from components.data.records import ProcessBenchRecord
+from components.method.processbench import evaluate, evaluate_files, load_subset, predictions_from_rewards
+from components.platform.cli import app
+from components.platform.errors import DataError
 
 
 def rec(rid: str, label: int, steps: int = 3) -> ProcessBenchRecord:

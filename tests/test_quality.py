@@ -1,4 +1,4 @@
-"""Tests for the data quality checks (components/quality.py) with real Great Expectations.
+"""Tests for the data quality checks (components/data/quality.py) with real Great Expectations.
 
 Clean fixtures of every hand-off pass; each corrupted fixture (one per expectation family) fails with
 the right expectation (type and column) and its offending row named in the DataError; warnings do
@@ -17,11 +17,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from components.errors import ConfigError, DataError
-from components.params import load_params
-from components.prompts import GENPRM_SYSTEM_PROMPT
-from components.quality import QualityConfig, check
-from components.quality_turns import final_verdict, verify_counts
+from components.data.quality import QualityConfig, check
+from components.data.quality_turns import final_verdict, verify_counts
+from components.method.prompts import GENPRM_SYSTEM_PROMPT
+from components.platform.errors import ConfigError, DataError
+from components.platform.params import load_params
 
 TEST_PROBLEM = "A tank holds 9 liters. Ada adds 2 liters. How many liters are in the tank?"
 PB_PROBLEM = "Bo has 4 apples and eats 1. How many apples are left?"
@@ -367,7 +367,7 @@ def test_disabled_checks_nothing(cfg: QualityConfig) -> None:
 
 @pytest.mark.slow
 def test_prepare_reports_its_checks(repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from components.prepare import main
+    from components.stages.prepare import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text((repo_root / "params.yaml").read_text())
@@ -386,7 +386,7 @@ def test_prepare_reports_its_checks(repo_root: Path, tmp_path: Path, monkeypatch
 
 def test_rollout_merge_checks_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shard holding a test problem: the merge fails with the leak named and writes no table."""
-    from components.rollout import main
+    from components.stages.rollout import main
 
     monkeypatch.chdir(tmp_path)
     frame = rollouts_frame()

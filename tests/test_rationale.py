@@ -7,8 +7,8 @@ import math
 import pytest
 
 from components.backends.base import Sample, TokenLogprob
-from components.prompts import GENPRM_SYSTEM_PROMPT
-from components.rationale import (
+from components.method.prompts import GENPRM_SYSTEM_PROMPT
+from components.method.rationale import (
     code_blocks,
     conversation,
     execution_text,

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from conftest_backends import build_tiny_model
 
-from components.errors import ConfigError, DataError
-from components.registry import (
+from components.platform.errors import ConfigError, DataError
+from components.platform.registry import (
     Champion,
     RegisterConfig,
     decide,
@@ -83,7 +83,7 @@ def store_env(db: Path) -> dict[str, str]:
 
 
 def genprm_register(project: Path, db: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    args = [sys.executable, "-m", "components.cli", "register"]
+    args = [sys.executable, "-m", "components.platform.cli", "register"]
     for item in overrides:
         args += ["--set", item]
     return subprocess.run(
@@ -211,7 +211,7 @@ def test_dvc_lock_md5s_are_dvcs_own(project: Path) -> None:
         )
     added = yaml.safe_load(Path("models/genprm.dvc").read_text())["outs"][0]["md5"]
     assert dvc_dir_md5(Path("models/genprm")) == added
-    from components.registry import file_md5
+    from components.platform.registry import file_md5
 
     metrics_md5 = file_md5(Path("metrics/benchmark.json"))
     lock = {
@@ -322,7 +322,7 @@ def test_concurrent_registers_leave_the_better_champion(tmp_path: Path) -> None:
     with FileLock(str(lock)):
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "components.cli", "register"],
+                [sys.executable, "-m", "components.platform.cli", "register"],
                 cwd=project,
                 env=store_env(db),
                 stdout=subprocess.PIPE,

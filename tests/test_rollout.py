@@ -24,12 +24,12 @@ from conftest import QUIET_ENV
 from conftest_backends import build_tiny_model
 
 from components.backends import Sample
-from components.config import build_config
-from components.errors import ConfigError, DataError, GenPRMError
-from components.io import read_parquet, write_parquet
-from components.journal import ShardSpec
-from components.records import ROLLOUT_COLUMNS, problems_to_frame, split_steps, validate_rollouts
-from components.rollout import (
+from components.data.io import read_parquet, write_parquet
+from components.data.journal import ShardSpec
+from components.data.records import ROLLOUT_COLUMNS, problems_to_frame, split_steps, validate_rollouts
+from components.platform.config import build_config
+from components.platform.errors import ConfigError, DataError, GenPRMError
+from components.stages.rollout import (
     RolloutConfig,
     SampledPath,
     find_shards,
@@ -41,7 +41,7 @@ from components.rollout import (
     select_paths,
     shard_path,
 )
-from components.synthetic import SyntheticConfig, generate_problems, to_problem
+from components.world.synthetic import SyntheticConfig, generate_problems, to_problem
 
 torch.set_num_threads(1)
 
@@ -255,7 +255,7 @@ def test_two_merged_shards_equal_one_run(
 
 
 def _cli(root: Path) -> list[str]:
-    return [sys.executable, "-m", "components.cli", "rollout", "--params", str(root / "params.yaml")]
+    return [sys.executable, "-m", "components.platform.cli", "rollout", "--params", str(root / "params.yaml")]
 
 
 def _env(repo_root: Path) -> dict[str, str]:

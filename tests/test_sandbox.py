@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from components.errors import ConfigError
+from components.platform.errors import ConfigError
 from components.sandbox import ExecutionResult, Sandbox, SandboxConfig
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
@@ -398,7 +398,7 @@ def test_capabilities_on_a_root_machine(sandbox: Sandbox) -> None:
 def test_cli_runs_a_file_and_prints_json(tmp_path: Path, repo_root: Path) -> None:
     script = tmp_path / "check.py"
     script.write_text("from sympy import Rational\nprint(Rational(1, 2) + Rational(1, 3))\n1/0\n")
-    cli = [sys.executable, "-m", "components.cli", "sandbox", "run"]
+    cli = [sys.executable, "-m", "components.platform.cli", "sandbox", "run"]
     done = subprocess.run(
         [*cli, str(script), "--timeout", "3"], capture_output=True, text=True, cwd=repo_root
     )

@@ -1,4 +1,4 @@
-"""Tests for components.sources: the shared benchmark files, bad input, and Hugging Face datasets."""
+"""Tests for components.data.sources: the shared benchmark files, bad input, and Hugging Face datasets."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from components.config import build_config
-from components.errors import ConfigError, DataError
-from components.sources import (
+from components.data.sources import (
     FILE_PRESETS,
     FileSourceConfig,
     HFSourceConfig,
     load_file_problems,
     load_hf_problems,
 )
+from components.platform.config import build_config
+from components.platform.errors import ConfigError, DataError
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components import synthesize
-from components.errors import DataError
-from components.params import load_params
-from components.rationale import code_blocks, parse_verdict
-from components.records import problems_to_frame
-from components.synthetic import (
+from components.data.records import problems_to_frame
+from components.method.rationale import code_blocks, parse_verdict
+from components.platform.errors import DataError
+from components.platform.params import load_params
+from components.stages import synthesize
+from components.world.synthetic import (
     SyntheticConfig,
     generate_problems,
     gold_steps,

@@ -1,4 +1,4 @@
-"""Tests for components.synthetic: the seeded small world, its gold solutions and injected errors.
+"""Tests for components.world.synthetic: the seeded small world, its gold solutions and injected errors.
 
 The checks read the rendered text (problem and steps) the way a teacher would, and compare it with the
 generator's hidden truth, so a rendering bug cannot hide behind a correct ``WorldProblem``.
@@ -12,10 +12,10 @@ from collections import Counter
 
 import pytest
 
-from components.grading import extract_answer
-from components.prompts import solution_text
-from components.records import join_steps, split_steps
-from components.synthetic import (
+from components.data.records import join_steps, split_steps
+from components.method.grading import extract_answer
+from components.method.prompts import solution_text
+from components.world.synthetic import (
     ERROR_KINDS,
     TEMPLATES,
     SyntheticConfig,
@@ -250,7 +250,7 @@ def test_processbench_error_fraction(fraction: float, low: float, high: float) -
 
 
 def test_processbench_record_round_trips() -> None:
-    from components.records import processbench_from_dict
+    from components.data.records import processbench_from_dict
 
     world = generate_problems(CFG, 20, seed=4)
     for record in generate_processbench(CFG, world, seed=4, error_fraction=0.5):

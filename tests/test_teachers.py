@@ -7,10 +7,16 @@ from collections import Counter
 
 import pytest
 
-from components.rationale import code_blocks, parse_verdict
+from components.method.rationale import code_blocks, parse_verdict
+from components.method.teachers import ProgramTeacher, judge_output, problem_numbers, step_code
 from components.sandbox import Sandbox, SandboxConfig
-from components.synthetic import SyntheticConfig, generate_problems, gold_steps, inject_error, problem_text
-from components.teachers import ProgramTeacher, judge_output, problem_numbers, step_code
+from components.world.synthetic import (
+    SyntheticConfig,
+    generate_problems,
+    gold_steps,
+    inject_error,
+    problem_text,
+)
 
 
 @pytest.fixture(scope="module")

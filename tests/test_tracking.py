@@ -1,4 +1,4 @@
-"""MLflow tracking (components/tracking.py) against a real sqlite store in tmp_path.
+"""MLflow tracking (components/platform/tracking.py) against a real sqlite store in tmp_path.
 
 A small project folder (params.yaml, dvc.yaml, dvc.lock, a git commit) is built per test; runs are
 read back with ``MlflowClient``: parent/nested structure, flattened params, metrics, tags, inputs with
@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components import tracking
+from components.platform import tracking
 
 DVC_YAML = {
     "stages": {

@@ -1,4 +1,4 @@
-"""The train stage (components/train.py): SFT records in, a fine-tuned GenPRM out.
+"""The train stage (components/stages/train.py): SFT records in, a fine-tuned GenPRM out.
 
 Fixture records follow the synthesize stage's contract exactly (TRL conversational format, one
 user/assistant pair per step, the paper's rationale or the direct verdict as the assistant turn), built
@@ -22,10 +22,10 @@ import torch
 import yaml
 from conftest_backends import build_tiny_model
 
-from components.config import build_config
-from components.errors import ConfigError, DataError
-from components.prompts import GENPRM_SYSTEM_PROMPT
-from components.synthetic import SyntheticConfig, generate_problems, make_processbench_record
+from components.method.prompts import GENPRM_SYSTEM_PROMPT
+from components.platform.config import build_config
+from components.platform.errors import ConfigError, DataError
+from components.world.synthetic import SyntheticConfig, generate_problems, make_processbench_record
 
 torch.set_num_threads(1)
 TRL_TEMPLATES = Path(__import__("trl").__file__).parent / "chat_templates"
@@ -138,7 +138,7 @@ def runs(tokenizer: Any, ids: list[int], mask: list[int], keep: int) -> list[str
 @pytest.mark.parametrize("template", list(TEMPLATES))
 @pytest.mark.parametrize("direct", [False, True])
 def test_masks_cover_exactly_the_assistant_turns(tiny_model: Path, template: str, direct: bool) -> None:
-    from components.sftdata import tokenize_conversation
+    from components.method.sftdata import tokenize_conversation
 
     tokenizer = tokenizer_with_template(tiny_model, template)
     messages = sft_records(2, seed=3, direct=direct)[0]["messages"]
@@ -160,7 +160,7 @@ def test_masks_cover_exactly_the_assistant_turns(tiny_model: Path, template: str
 
 
 def test_masks_follow_a_template_that_trims_contents(tiny_model: Path) -> None:
-    from components.sftdata import tokenize_conversation
+    from components.method.sftdata import tokenize_conversation
 
     tokenizer = tokenizer_with_template(tiny_model, "llama3")
     messages = [
@@ -178,8 +178,8 @@ def test_sft_trainer_labels_follow_the_masks(tiny_model: Path, tmp_path: Path) -
     """SFTTrainer's own dataset preparation turns the masks into labels: -100 off the assistant turns."""
     from trl import SFTTrainer
 
-    from components.sftdata import build_dataset, tokenize_conversation
-    from components.train import TrainConfig, load_base, sft_args
+    from components.method.sftdata import build_dataset, tokenize_conversation
+    from components.stages.train import TrainConfig, load_base, sft_args
 
     cfg = TrainConfig(base_model=str(tiny_model), report_to=[], max_steps=1, max_length=4096)
     model, tokenizer = load_base(cfg)
@@ -205,8 +205,8 @@ def test_sft_trainer_labels_follow_the_masks(tiny_model: Path, tmp_path: Path) -
 
 
 def test_truncation_keeps_the_start(tiny_model: Path) -> None:
-    from components.sftdata import build_dataset, tokenize_conversation
-    from components.train import TrainConfig, load_base
+    from components.method.sftdata import build_dataset, tokenize_conversation
+    from components.stages.train import TrainConfig, load_base
 
     _, tokenizer = load_base(TrainConfig(base_model=str(tiny_model)))
     conversations = [r["messages"] for r in sft_records(1, seed=5)]
@@ -237,7 +237,7 @@ GOOD = json.dumps(sft_records(1)[0])
     ],
 )
 def test_bad_records_name_file_and_line(tmp_path: Path, lines: list[str], line: int, message: str) -> None:
-    from components.sftdata import read_sft
+    from components.method.sftdata import read_sft
 
     path = tmp_path / "sft.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -246,7 +246,7 @@ def test_bad_records_name_file_and_line(tmp_path: Path, lines: list[str], line: 
 
 
 def test_missing_or_empty_input(tmp_path: Path) -> None:
-    from components.sftdata import read_sft
+    from components.method.sftdata import read_sft
 
     with pytest.raises(DataError, match=r"sft\.jsonl: file not found"):
         read_sft(tmp_path / "sft.jsonl")
@@ -256,7 +256,7 @@ def test_missing_or_empty_input(tmp_path: Path) -> None:
 
 
 def test_read_sft_keeps_messages_and_max_records(tmp_path: Path) -> None:
-    from components.sftdata import read_sft
+    from components.method.sftdata import read_sft
 
     records = sft_records(5)
     conversations = read_sft(write_records(tmp_path / "sft.jsonl", records), max_records=3)
@@ -276,14 +276,14 @@ def test_read_sft_keeps_messages_and_max_records(tmp_path: Path) -> None:
     ],
 )
 def test_config_errors_name_the_key(overrides: dict[str, Any], key: str) -> None:
-    from components.train import TrainConfig
+    from components.stages.train import TrainConfig
 
     with pytest.raises(ConfigError, match=re.escape(key)):
         build_config(TrainConfig, overrides, "train")
 
 
 def test_variant_picks_input_output_and_files() -> None:
-    from components.train import TrainConfig
+    from components.stages.train import TrainConfig
 
     direct = build_config(TrainConfig, {"variant": "direct"}, "train")
     assert (direct.data_path, direct.model_dir, direct.suffix) == (
@@ -323,7 +323,7 @@ def test_stage_trains_saves_and_logs_to_mlflow(project: Path, tiny_model: Path) 
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from components.train import main
+    from components.stages.train import main
 
     settings = dict(base_model=str(tiny_model), max_steps=6, logging_steps=2, batch_size=4, lr=1e-3)
     params = write_params(project, **settings, experiment_name="train-test")
@@ -359,7 +359,7 @@ def test_stage_trains_saves_and_logs_to_mlflow(project: Path, tiny_model: Path) 
 
 @pytest.mark.slow
 def test_direct_variant_learns(project: Path, tiny_model: Path) -> None:
-    from components.train import main
+    from components.stages.train import main
 
     params = write_params(project, base_model=str(tiny_model), report_to=[], max_steps=30, lr=3e-3)
     metrics = main(params, ["train.variant=direct", "train.batch_size=4"])
@@ -375,7 +375,7 @@ def test_direct_variant_learns(project: Path, tiny_model: Path) -> None:
 def test_lora_adapters_are_merged_into_a_plain_checkpoint(project: Path, tiny_model: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from components.train import main
+    from components.stages.train import main
 
     lora = {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     params = write_params(
@@ -397,7 +397,7 @@ def test_lora_adapters_are_merged_into_a_plain_checkpoint(project: Path, tiny_mo
 
 
 def test_missing_records_fail_before_loading_the_model(project: Path) -> None:
-    from components.train import main
+    from components.stages.train import main
 
     params = write_params(project, base_model="no/such-model", report_to=[])
     (project / "data/synthesize/sft_direct.jsonl").unlink()

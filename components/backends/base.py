@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from components.config import option
-from components.errors import ConfigError, GenPRMError
+from components.platform.config import option
+from components.platform.errors import ConfigError, GenPRMError
 
 
 class CapabilityError(GenPRMError):

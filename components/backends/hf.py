@@ -40,7 +40,7 @@ from components.backends.base import (
     cut_at_stop,
     render_prompt,
 )
-from components.errors import GenPRMError
+from components.platform.errors import GenPRMError
 
 log = logging.getLogger(__name__)
 

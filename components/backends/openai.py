@@ -62,7 +62,7 @@ from components.backends.base import (
     looks_like_path,
     render_prompt,
 )
-from components.errors import ConfigError, GenPRMError
+from components.platform.errors import ConfigError, GenPRMError
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from components.backends.base import (
     TokenLogprob,
     render_prompt,
 )
-from components.errors import GenPRMError
+from components.platform.errors import GenPRMError
 
 VLLM_TOP_K_OFF = -1
 

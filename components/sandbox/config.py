@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from components.config import option
-from components.errors import ConfigError
+from components.platform.config import option
+from components.platform.errors import ConfigError
 
 Status = Literal["ok", "error", "timeout", "killed"]
 

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from components.errors import GenPRMError
+from components.platform.errors import GenPRMError
 from components.sandbox import wire
 from components.sandbox.config import SandboxConfig
 

@@ -32,9 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
-from components.config import build_config, read_params  # noqa: E402
-from components.label import LabelConfig  # noqa: E402
-from components.rollout import RolloutConfig  # noqa: E402
+from components.platform.config import build_config, read_params  # noqa: E402
+from components.stages.label import LabelConfig  # noqa: E402
+from components.stages.rollout import RolloutConfig  # noqa: E402
 
 H100_BF16_FLOPS = 989e12  # dense BF16 peak of one H100 SXM
 

@@ -1,0 +1,202 @@
+"""Monte Carlo step estimates and the labels built on them (DESIGN.md §3), used by the ``label`` stage.
+
+For a path with steps s_1..s_T of a problem with gold answer g:
+
+- MC_0 is given (a rollout problem's pass rate) or estimated (wave 0: ``mc0_samples`` completions of
+  the bare prompt with the ``Step 1: `` prefill); K is chosen from MC_0 by ``k_for``.
+- MC_t for t < T is the fraction of K completions, prefilled with ``Step 1: s_1 ... Step t: s_t\\n``
+  (the policy then writes ``Step t+1: ...`` itself), whose final answer (``extract_answer`` on prefix +
+  completion) is equivalent to g. A completion without an answer counts as wrong and is counted.
+- MC_T is 1 if the path's own final answer is correct, else 0.
+- Once some MC_t = 0 (MC_0 included), every later MC is 0 without sampling.
+
+``estimate`` does this for all paths of one problem in waves: wave t is ONE backend call holding the
+step-t prefixes of the paths still alive (identical prefixes once), n=K, seeded with
+``unit_seed(seed, unit.key, t)``. A call never mixes problems, so its samples depend only on the problem
+(not on sharding or resuming). The cost of a shared prefix is charged to the first path needing it.
+
+``rpe_labels``: label_t = 1 iff MC_{t-1} > 0 and MC_t / MC_{t-1} >= epsilon (a step after a step with
+MC 0 is 0). ``hard_labels``: label_t = 1 iff MC_t > 0. Hard-MC equals RPE in the limit epsilon -> 0+.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from components.backends import Backend, GenerationRequest, SamplingParams
+from components.data.journal import unit_seed
+
+RATIO_TOLERANCE = 1e-9
+"""MC_t / MC_{t-1} >= epsilon is tested as ratio >= epsilon - RATIO_TOLERANCE (0.4 / 0.5 is 0.8)."""
+
+
+class MCSettings(Protocol):
+    """The settings ``estimate`` reads (``LabelConfig`` has them all)."""
+
+    @property
+    def k_low(self) -> int: ...
+    @property
+    def k_mid(self) -> int: ...
+    @property
+    def k_high(self) -> int: ...
+    @property
+    def low_threshold(self) -> float: ...
+    @property
+    def high_threshold(self) -> float: ...
+    @property
+    def mc0_samples(self) -> int: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def top_p(self) -> float: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class PathInput:
+    """A solution to label: its steps, whether its final answer is right, and a gold first error if any."""
+
+    path_id: str
+    steps: list[str]
+    correct: bool
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One problem with the paths to label; ``mc0`` None means: estimate it (wave 0)."""
+
+    kind: Literal["rollout", "processbench"]
+    problem_id: str
+    problem: str
+    gold: str
+    mc0: float | None
+    paths: list[PathInput]
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.problem_id}"
+
+
+@dataclass
+class Spend:
+    """Generation cost: completions sampled, tokens generated, completions without a final answer."""
+
+    completions: int = 0
+    tokens: int = 0
+    no_answer: int = 0
+
+    def add(self, other: Spend) -> None:
+        self.completions += other.completions
+        self.tokens += other.tokens
+        self.no_answer += other.no_answer
+
+
+@dataclass
+class Estimate:
+    """A unit's MC_0, K, and per path: MC_1..MC_T and the cost charged to it."""
+
+    mc0: float
+    k: int
+    mc: list[list[float]]
+    spend: list[Spend] = field(default_factory=list)
+
+
+def k_for(mc0: float, cfg: MCSettings) -> int:
+    """K from MC_0 by the schedule (paper: 128 below 0.1, 64 below 0.9, else 32)."""
+    if mc0 < cfg.low_threshold:
+        return cfg.k_low
+    return cfg.k_mid if mc0 < cfg.high_threshold else cfg.k_high
+
+
+def prefix_text(steps: list[str], t: int) -> str:
+    """The assistant prefill holding the first ``t`` steps, ending at the newline before ``Step t+1:``."""
+    from components.method.prompts import solution_text
+
+    return solution_text(steps[:t]) + "\n"
+
+
+def score_samples(gold: str, prefill: str, texts: list[str]) -> tuple[int, int]:
+    """(completions reaching ``gold``, completions with no answer) among ``texts`` continuing ``prefill``."""
+    from components.method.grading import extract_answer, is_equivalent
+
+    answers = [extract_answer(prefill + text) for text in texts]
+    hits = sum(a is not None and is_equivalent(gold, a) for a in answers)
+    return hits, sum(a is None for a in answers)
+
+
+def sample_prefixes(
+    backend: Backend, cfg: MCSettings, unit: Unit, prefills: list[str], k: int, wave: int
+) -> list[tuple[float, Spend]]:
+    """ONE backend call: K completions of each prefill; (fraction reaching gold, cost) per prefill."""
+    from components.method.prompts import chat_messages
+
+    messages = chat_messages(unit.problem)
+    requests = [GenerationRequest(messages=messages, prefill=p) for p in prefills]
+    seed = unit_seed(cfg.seed, unit.key, wave)
+    params = SamplingParams(
+        n=k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed
+    )
+    scored = []
+    for prefill, result in zip(prefills, backend.generate(requests, params), strict=True):
+        hits, no_answer = score_samples(unit.gold, prefill, [s.text for s in result.samples])
+        tokens = sum(s.num_generated_tokens for s in result.samples)
+        scored.append((hits / k, Spend(len(result.samples), tokens, no_answer)))
+    return scored
+
+
+def estimate(backend: Backend, cfg: MCSettings, unit: Unit) -> Estimate:
+    """MC values of every path of ``unit``, wave by wave, stopping each path at its first MC of 0."""
+    from components.method.prompts import STEP_PREFILL
+
+    spend = [Spend() for _ in unit.paths]
+    mc0 = unit.mc0
+    if mc0 is None:
+        [(mc0, cost)] = sample_prefixes(backend, cfg, unit, [STEP_PREFILL], cfg.mc0_samples, wave=0)
+        spend[0].add(cost)
+    k = k_for(mc0, cfg)
+    sampled: list[list[float]] = [[] for _ in unit.paths]
+    alive = {i for i in range(len(unit.paths)) if mc0 > 0}
+    for wave in range(1, max(len(p.steps) for p in unit.paths)):
+        owners: dict[str, list[int]] = {}
+        for i, path in enumerate(unit.paths):
+            if i in alive and wave < len(path.steps):
+                owners.setdefault(prefix_text(path.steps, wave), []).append(i)
+        if not owners:
+            break
+        results = sample_prefixes(backend, cfg, unit, list(owners), k, wave)
+        for paths, (value, cost) in zip(owners.values(), results, strict=True):
+            spend[paths[0]].add(cost)
+            for i in paths:
+                sampled[i].append(value)
+                if value == 0:
+                    alive.discard(i)
+    mc = [
+        finish(p, values, i in alive) for i, (p, values) in enumerate(zip(unit.paths, sampled, strict=True))
+    ]
+    return Estimate(mc0, k, mc, spend)
+
+
+def finish(path: PathInput, sampled: list[float], alive: bool) -> list[float]:
+    """MC_1..MC_T from the sampled MC_1..MC_{T-1}: the last-step rule, or zeros after an MC of 0."""
+    if alive:
+        return [*sampled, float(path.correct)]
+    return sampled + [0.0] * (len(path.steps) - len(sampled))
+
+
+def rpe_labels(mc0: float, mc: list[float], epsilon: float) -> list[int]:
+    """label_t = 1 iff MC_{t-1} > 0 and MC_t / MC_{t-1} >= epsilon (MC_{t-1} = 0 gives 0)."""
+    labels, previous = [], mc0
+    for value in mc:
+        labels.append(int(previous > 0 and value / previous >= epsilon - RATIO_TOLERANCE))
+        previous = value
+    return labels
+
+
+def hard_labels(mc: list[float]) -> list[int]:
+    """Hard-MC baseline: label_t = 1 iff MC_t > 0."""
+    return [int(value > 0) for value in mc]

@@ -1,0 +1,148 @@
+"""The GenPRM scorer: step rewards for a problem and its steps, with code execution (DESIGN.md §3).
+
+For every solution the scorer runs the per-step critique conversation (``components/method/critique.py``): the
+model writes its analysis and code, generation stops at the closing code fence, the code runs in the
+sandbox (one session per solution and sample), ``[Code Output]`` is appended, generation continues (at
+most ``max_rounds`` executions per step), and the verdict is read.
+
+- Reward of a step = p(Yes) / (p(Yes) + p(No)) at the verdict token, from the backend's top-k logprobs.
+  Where a backend gives no logprobs (e.g. ``transformers serve``), the reward is 1 / 0 from the verdict
+  text, and 0.5 when there is no parseable verdict; each result says which (``reward_source``).
+- Maj@N: N sampled critique conversations per solution; a step's reward is the mean over them. The first
+  of the N samples alone is Pass@1, so one run with N samples gives every Maj@n for n <= N.
+- ``execute=False`` is the no-code ablation: the model writes its code and imagines the output.
+- All solutions and samples advance together in batched generation calls.
+
+    scorer = GenPRMScorer(cfg)                      # loads cfg.model, starts the sandbox
+    [scored] = scorer.score([(problem, steps)], samples=8)
+    scored.rewards(4)                                # Maj@4 step rewards
+    scorer.close()
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from components.backends.base import BackendConfig, make_backend
+from components.method.critique import Chain, CritiqueSettings, run_chains
+from components.platform.config import option, section
+from components.platform.errors import ConfigError
+from components.sandbox import SandboxConfig
+
+if TYPE_CHECKING:
+    from components.backends.base import Backend
+    from components.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+NO_VERDICT_REWARD = 0.5
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """How a GenPRM scores steps: the model, sampling of the critiques, and code execution."""
+
+    model: BackendConfig = section(
+        BackendConfig, help="The trained GenPRM (a local dir, hub id or served name)."
+    )
+    temperature: float = option(0.7, help="Sampling temperature of the critiques (Maj@N needs > 0).")
+    top_p: float = option(1.0, help="Nucleus sampling threshold of the critiques.")
+    max_tokens: int = option(320, help="Tokens per generation round (a round ends at a code fence).")
+    max_rounds: int = option(2, help="Code executions per step before the verdict.")
+    execute: bool = option(True, help="Run the model's code in the sandbox (false: the no-code ablation).")
+    logprobs: int = option(20, help="Top-k logprobs requested for the verdict token (0: verdict text only).")
+    seed: int = option(0, help="Base seed of the critique sampling.")
+    threads: int = option(4, help="Threads running code blocks between generation rounds.")
+    sandbox: SandboxConfig = section(SandboxConfig, help="Limits for the model's code.")
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.max_rounds < 0 or self.logprobs < 0 or self.threads < 1:
+            raise ConfigError("scorer: need max_tokens >= 1, max_rounds >= 0, logprobs >= 0, threads >= 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("scorer: need temperature >= 0 and 0 < top_p <= 1")
+
+
+@dataclass
+class ScoredSolution:
+    """Rewards of one solution: ``samples[j][t]`` is sample j's reward for step t."""
+
+    samples: list[list[float]]
+    sources: list[str]
+    missing_verdicts: int
+    critiques: list[str]
+    tokens: int
+    code_runs: int
+    code_failures: int
+
+    def rewards(self, n: int | None = None) -> list[float]:
+        """Maj@n step rewards: the mean over the first ``n`` samples (all when None)."""
+        used = self.samples[: n or len(self.samples)]
+        return [sum(column) / len(column) for column in zip(*used, strict=True)]
+
+
+def scored_solution(chains: list[Chain]) -> ScoredSolution:
+    """Collect the N chains of one solution into its rewards."""
+    turns = [turn for chain in chains for turn in chain.turns]
+    statuses = [status for turn in turns for status in turn.statuses]
+    return ScoredSolution(
+        samples=[
+            [NO_VERDICT_REWARD if t.reward is None else t.reward for t in chain.turns] for chain in chains
+        ],
+        sources=sorted({t.reward_source for t in turns if t.reward is not None}),
+        missing_verdicts=sum(t.reward is None for t in turns),
+        critiques=[t.text for t in chains[0].turns],
+        tokens=sum(t.tokens for t in turns),
+        code_runs=len(statuses),
+        code_failures=sum(s != "ok" for s in statuses),
+    )
+
+
+class GenPRMScorer:
+    """Scores solutions step by step with a GenPRM; owns its backend and sandbox unless given them."""
+
+    def __init__(
+        self, cfg: ScorerConfig, backend: Backend | None = None, sandbox: Sandbox | None = None
+    ) -> None:
+        from components.sandbox import Sandbox
+
+        self.cfg = cfg
+        self._own_backend = backend is None
+        self.backend = backend if backend is not None else make_backend(cfg.model)
+        self._own_sandbox = sandbox is None and cfg.execute
+        self.sandbox = sandbox if sandbox is not None else (Sandbox(cfg.sandbox) if cfg.execute else None)
+
+    def settings(self, execute: bool | None = None) -> CritiqueSettings:
+        return CritiqueSettings(
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            max_tokens=self.cfg.max_tokens,
+            max_rounds=self.cfg.max_rounds,
+            execute=self.cfg.execute if execute is None else execute,
+            logprobs=self.cfg.logprobs or None,
+            seed=self.cfg.seed,
+        )
+
+    def score(
+        self, solutions: list[tuple[str, list[str]]], samples: int = 1, desc: str = "genprm"
+    ) -> list[ScoredSolution]:
+        """Rewards for every step of every solution, from ``samples`` critique conversations each."""
+        if samples < 1:
+            raise ConfigError(f"scorer: samples must be at least 1, got {samples}")
+        chains = [Chain(problem, list(steps)) for problem, steps in solutions for _ in range(samples)]
+        run_chains(self.backend, chains, self.settings(), self.sandbox, self.cfg.threads, desc=desc)
+        grouped = [chains[i : i + samples] for i in range(0, len(chains), samples)]
+        return [scored_solution(group) for group in grouped]
+
+    def close(self) -> None:
+        if self._own_backend:
+            self.backend.close()
+        if self._own_sandbox and self.sandbox is not None:
+            self.sandbox.close()
+
+    def __enter__(self) -> GenPRMScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

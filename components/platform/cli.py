@@ -1,0 +1,255 @@
+"""The ``genprm`` command: one subcommand per stage, plus params inspection.
+
+    genprm prepare --set prepare.source=file --set prepare.file.path=../shared/data/math500.jsonl
+    genprm bootstrap --set bootstrap.train.steps=200
+    genprm params check | genprm params describe [SECTION]
+    genprm sandbox run FILE [--timeout 5] | genprm sandbox info
+
+``dvc.yaml`` and the Prefect flows call the same entry points (each stage module's ``main``). Bad input
+or configuration prints one message naming the file, line or key and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from components.platform.errors import GenPRMError
+
+app = typer.Typer(help="GenPRM factory: manufacture generative process reward models.", no_args_is_help=True)
+params_app = typer.Typer(help="Inspect and validate params.yaml.", no_args_is_help=True)
+app.add_typer(params_app, name="params")
+sandbox_app = typer.Typer(help="Run Python under the sandbox's limits.", no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a param: section.key=value (repeatable).")
+]
+
+# Offline by default: nothing in the default run may reach a model or dataset hub or send analytics.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def configure_runtime() -> None:
+    """Logging to stderr and the offline environment (a user's explicit setting wins)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=os.environ.get("GENPRM_LOG_LEVEL", "INFO"),
+        format="%(name)s: %(message)s",
+        # stderr: stdout carries only the metrics JSON (rich's default console writes to stdout)
+        handlers=[RichHandler(show_path=False, console=Console(stderr=True), rich_tracebacks=False)],
+    )
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_entry(
+    module: str, params: Path, overrides: list[str] | None, stage: str | None = None
+) -> dict[str, Any]:
+    """Import ``components.stages.<module>`` and call its ``main`` as dvc.yaml's ``stage`` (default: module).
+
+    User errors exit 2 with one message.
+    """
+    configure_runtime()
+    entry: Callable[[Path, list[str]], dict[str, Any]] = importlib.import_module(
+        f"components.stages.{module}"
+    ).main
+    from components.platform.tracking import stage_run
+
+    try:
+        # One MLflow run per stage execution (nested under the flow's run; components/platform/tracking.py).
+        with stage_run(stage or module, params, overrides) as tracked:
+            metrics = entry(params, overrides or [])
+            tracked.log_metrics(metrics)
+    except GenPRMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    return metrics
+
+
+@app.command()
+def prepare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Load problems (synthetic, file or hf), dedupe, split; write the synthetic ProcessBench set."""
+    run_entry("prepare", params, set_)
+
+
+@app.command()
+def bootstrap(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Train the tokenizer and pretrain the small policy model of the offline world."""
+    run_entry("bootstrap", params, set_)
+
+
+@app.command()
+def rollout(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Sample step-by-step solutions with the policy; keep balanced correct/incorrect paths.
+
+    Shard with --set rollout.shard=i/n; an interrupted run resumes where it stopped.
+    """
+    run_entry("rollout", params, set_)
+
+
+@app.command()
+def label(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Monte Carlo estimates per step prefix, then RPE and hard-MC step labels.
+
+    Shard with --set label.shard=i/n; an interrupted run resumes where it stopped.
+    """
+    run_entry("label", params, set_)
+
+
+@app.command()
+def synthesize(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Teacher rationales with executed code for every labelled path; consensus filter; SFT records.
+
+    The hard-MC ablation: --set synthesize.labels=hard_labels. An interrupted run resumes.
+    """
+    run_entry("synthesize", params, set_)
+
+
+@app.command()
+def train(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Fine-tune the GenPRM on the SFT conversations (TRL SFTTrainer, loss on assistant turns only).
+
+    The direct baseline: --set train.variant=direct. Multi-GPU: accelerate launch -m
+    components.platform.cli train.
+    """
+    # dvc.yaml's train_direct stage is this command with the direct variant: track it under that name.
+    direct = any(item.replace(" ", "") == "train.variant=direct" for item in set_ or [])
+    run_entry("train", params, set_, stage="train_direct" if direct else "train")
+
+
+@app.command()
+def register(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Log the GenPRM as an MLflow model, register a version, move `champion` only if it is better."""
+    run_entry("register", params, set_)
+
+
+benchmark_app = typer.Typer(help="Benchmark the GenPRM, or score any PRM's ProcessBench predictions.")
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.callback(invoke_without_command=True)
+def benchmark(ctx: typer.Context, params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """The benchmark stage: ProcessBench F1 (Pass@1, Maj@N), Best-of-N, and the baselines."""
+    if ctx.invoked_subcommand is None:
+        run_entry("benchmark", params, set_)
+
+
+@benchmark_app.command("processbench")
+def benchmark_processbench(
+    data: Annotated[list[Path], typer.Option("--data", help="A ProcessBench subset file (repeatable).")],
+    predictions: Annotated[Path, typer.Option(help="jsonl of {id, prediction} (first wrong step, -1 none).")],
+    out: Annotated[Path | None, typer.Option(help="Also write the scores as JSON here.")] = None,
+) -> None:
+    """Per-subset error accuracy, correct accuracy and F1, and the mean F1, for any PRM's predictions."""
+    from components.data.io import write_json
+    from components.method.processbench import evaluate_files
+
+    configure_runtime()
+    try:
+        scores = evaluate_files(data, predictions)
+    except GenPRMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    for name, s in scores["subsets"].items():
+        typer.echo(
+            f"{name}: error acc {s['acc_error']:.4f}  correct acc {s['acc_correct']:.4f}  F1 {s['f1']:.4f}"
+        )
+    typer.echo(f"mean F1 over {len(scores['subsets'])} subset(s): {scores['mean_f1']:.4f}")
+    if out is not None:
+        write_json(out, scores)
+
+
+@params_app.command("check")
+def params_check(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Validate every section of the params file (unknown or mistyped keys are named)."""
+    from components.platform.params import load_params
+
+    try:
+        load_params(params, set_ or [])
+    except GenPRMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"{params}: ok")
+
+
+@params_app.command("describe")
+def params_describe(section: Annotated[str | None, typer.Argument(help="One section.")] = None) -> None:
+    """Print every key with its default and help text."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from components.platform.config import describe
+    from components.platform.params import SECTION_CLASSES, sections
+
+    if section is not None and section not in SECTION_CLASSES:
+        typer.echo(f"error: unknown section {section!r} (known: {', '.join(SECTION_CLASSES)})", err=True)
+        raise typer.Exit(code=2)
+    table = Table("key", "default", "help")
+    for name, cls in sections().items():
+        if section in (None, name):
+            for key, default, text in describe(cls, prefix=f"{name}."):
+                table.add_row(key, default, text)
+    Console(width=160).print(table)
+
+
+@sandbox_app.command("run")
+def sandbox_run(
+    file: Annotated[Path, typer.Argument(help="A Python file to run.")],
+    timeout: Annotated[float, typer.Option(help="Wall-clock limit (seconds).")] = 5.0,
+    cpu: Annotated[float, typer.Option(help="CPU-time limit (seconds).")] = 5.0,
+    memory_mb: Annotated[int, typer.Option(help="Address-space limit above the warm worker (MiB).")] = 1024,
+) -> None:
+    """Run FILE in a fresh sandbox session; print the result and the sandbox's capabilities as JSON."""
+    configure_runtime()
+    from components.sandbox import Sandbox, SandboxConfig
+
+    try:
+        if not file.is_file():
+            raise GenPRMError(f"{file}: no such file")
+        with Sandbox(SandboxConfig(timeout_s=timeout, cpu_s=cpu, memory_mb=memory_mb, workers=1)) as sandbox:
+            result = sandbox.run(file.read_text())
+            report = {**result.to_dict(), "capabilities": sandbox.capabilities()}
+    except GenPRMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(json.dumps(report, indent=2))
+
+
+@sandbox_app.command("info")
+def sandbox_info() -> None:
+    """Print what the sandbox can enforce on this machine (namespaces, read-only fs, uid, cgroups)."""
+    configure_runtime()
+    from components.sandbox import Sandbox, SandboxConfig
+
+    with Sandbox(SandboxConfig(workers=1)) as sandbox:
+        typer.echo(json.dumps(sandbox.capabilities(), indent=2))
+
+
+def main() -> None:
+    """Console-script entry (also ``python -m components.platform.cli``)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""The model registry policy: the evidence a version needs, the champion decision, the store lock.
+
+The ``register`` stage (``components/stages/register.py``) runs these steps:
+
+1. **Evidence.** The benchmark metrics file must exist, be valid JSON, hold every ``register.required``
+   key and the compared ``register.metric`` with finite numbers, and describe the model directory as it
+   is now (``register.consistency``): the model fingerprint recorded in the metrics (key
+   ``model_fingerprint``, see :func:`model_dir_fingerprint`), else the ``benchmark`` entry of ``dvc.lock``
+   when it records this very metrics file (its md5 of the model dir must match), else the metrics file
+   must be newer than every model file. Otherwise nothing is registered and the stage exits 2.
+2. **Version.** ``mlflow.pyfunc.log_model`` with :class:`components.platform.pyfunc.GenPRMPyfunc`, the
+model dir
+   as artifact, the benchmark's scorer settings, ``components/`` as code and pinned pip requirements
+   (never torchvision), registered as a new version of ``register.name``. A model and metrics pair that
+   is already registered is not registered twice.
+3. **Decision** (tags ``genprm.decision`` = promoted | kept_champion | rejected, ``genprm.reason``,
+   ``genprm.metric``, ``genprm.previous_champion``, the run id, git commit, fingerprints). The alias
+   moves only when the metric beats the champion's (its version tag) by more than ``register.margin``,
+   or when there is no champion; below ``register.min_metric`` a version is rejected.
+
+Concurrency: for sqlite and file stores the read-compare-set runs under a file lock next to the store
+(``<db>.register.lock``) and re-reads the champion after acquiring it, so two runs finishing together
+serialize. A remote server (http/https) has no shared lock: there, after setting the alias every run
+re-reads the promoted versions and points the alias at the best one (promotions only ever go up, so
+this is the serialized outcome); run ``register`` with a concurrency limit of 1 (a Prefect tag limit)
+to close the remaining window. To roll back, tag the bad version ``genprm.decision=revoked`` and set
+the alias by hand; a revoked version is never restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+
+from components.platform.config import option
+from components.platform.errors import ConfigError, DataError, GenPRMError
+
+FINGERPRINT_KEY = "model_fingerprint"
+TAG = "genprm."
+DEFAULT_REQUIREMENTS = [
+    "mlflow",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "numpy",
+    "pandas",
+    "sympy",
+    "pyyaml",
+    "math-verify",
+    "httpx",
+]
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """The ``register`` section of params.yaml."""
+
+    name: str = option("genprm", help="Registered model name in the MLflow model registry.")
+    alias: str = option("champion", help="Alias of the best version (moved only on a better metric).")
+    model_dir: str = option("models/genprm", help="The trained GenPRM directory (save_pretrained).")
+    metrics_file: str = option("metrics/benchmark.json", help="The benchmark metrics of that model.")
+    metric: str = option("headline.f1_maj@1", help="Dotted key compared between versions; higher is better.")
+    required: list[str] = option(
+        ["headline", "processbench.genprm"],
+        help="Dotted keys the metrics file must hold; every number under them must be finite.",
+    )
+    margin: float = option(0.0, help="Promote only when the metric beats the champion's by more than this.")
+    min_metric: float | None = option(
+        None, help="Versions below this are registered as rejected (null: none)."
+    )
+    consistency: Literal["auto", "fingerprint", "dvc_lock", "mtime"] = option(
+        "auto",
+        help="How the metrics are tied to the model dir: auto tries fingerprint, dvc_lock, then mtime.",
+    )
+    force: bool = option(False, help="Promote whatever the comparison (a manual promotion).")
+    samples: int = option(1, help="Default critiques per step of predict() (params={'samples': N}).")
+    pip_requirements: list[str] = option(
+        DEFAULT_REQUIREMENTS, help="Requirements of the logged model; bare names are pinned to this env."
+    )
+    lock_timeout_s: float = option(600.0, help="Seconds to wait for another register's store lock.")
+
+    def __post_init__(self) -> None:
+        if not self.name.strip() or not self.alias.strip():
+            raise ConfigError("register.name/register.alias: must not be empty")
+        if self.margin < 0:
+            raise ConfigError(f"register.margin: must be >= 0, got {self.margin}")
+        if self.samples < 1 or self.lock_timeout_s <= 0:
+            raise ConfigError("register.samples/lock_timeout_s: need samples >= 1 and a positive timeout")
+        if any(r.strip().lower().startswith("torchvision") for r in self.pip_requirements):
+            raise ConfigError("register.pip_requirements: torchvision breaks the CPU torch (DESIGN.md §6)")
+
+
+# ------------------------------------------------------------------------------------------- evidence
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What ties a metrics file to the model dir, and the metric to compare."""
+
+    value: float
+    fingerprint: str
+    metrics_md5: str
+    method: str
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_dir_fingerprint(model_dir: Path) -> str:
+    """A short hash of the model files (names, sizes, contents); benchmark may record it in its metrics."""
+    from components.data.journal import fingerprint, model_fingerprint
+
+    return fingerprint(model_fingerprint(str(model_dir)))
+
+
+def dvc_dir_md5(path: Path) -> str:
+    """The md5 DVC records for a directory (``<md5 of the sorted file listing>.dir``)."""
+    files = sorted((f.relative_to(path).as_posix(), f) for f in path.rglob("*") if f.is_file())
+    listing = [{"md5": file_md5(f), "relpath": rel} for rel, f in files]
+    text = json.dumps(listing, sort_keys=True)
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest() + ".dir"
+
+
+def lookup(data: Any, dotted: str) -> Any:
+    """``data["a"]["b"]`` for ``"a.b"``; KeyError naming the key when absent."""
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def non_finite(data: Any, prefix: str) -> list[str]:
+    """Keys under ``data`` whose value is NaN, infinite or null (a run that did not finish computing)."""
+    if isinstance(data, dict):
+        return [k for key, value in data.items() for k in non_finite(value, f"{prefix}.{key}")]
+    if data is None or (isinstance(data, float) and not math.isfinite(data)):
+        return [prefix]
+    return []
+
+
+def read_metrics(cfg: RegisterConfig) -> tuple[dict[str, Any], float]:
+    """The metrics file and the compared value; DataError naming what is missing or not finite."""
+    path = Path(cfg.metrics_file)
+    if not path.is_file():
+        raise DataError(f"{path}: benchmark metrics not found (register.metrics_file); run benchmark first")
+    try:
+        metrics = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); an interrupted benchmark?") from exc
+    problems: list[str] = []
+    for key in [*cfg.required, cfg.metric]:
+        try:
+            problems += non_finite(lookup(metrics, key), key)
+        except KeyError:
+            problems.append(f"{key} (missing)")
+    if problems:
+        raise DataError(f"{path}: incomplete benchmark metrics: {', '.join(problems[:5])}")
+    value = lookup(metrics, cfg.metric)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DataError(f"{path}: register.metric {cfg.metric} is not a number: {value!r}")
+    return metrics, float(value)
+
+
+def check_model_dir(model_dir: Path) -> None:
+    if not (model_dir / "config.json").is_file() or not any((model_dir / w).is_file() for w in WEIGHT_FILES):
+        raise DataError(f"{model_dir}: no saved model (config.json and weights) (register.model_dir)")
+
+
+def lock_entry(model_dir: Path, metrics_path: Path) -> tuple[str | None, str | None]:
+    """(model dir md5, metrics md5) recorded by the ``benchmark`` stage in ``dvc.lock``, where present."""
+    lock = Path("dvc.lock")
+    if not lock.is_file():
+        return None, None
+    entry = ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).get("benchmark") or {}
+    digests = {
+        PurePosixPath(str(item.get("path", ""))): item.get("md5")
+        for item in (entry.get("deps") or []) + (entry.get("outs") or [])
+    }
+    return digests.get(PurePosixPath(model_dir.as_posix())), digests.get(
+        PurePosixPath(metrics_path.as_posix())
+    )
+
+
+def consistent(cfg: RegisterConfig, metrics: dict[str, Any], fingerprint: str, metrics_md5: str) -> str:
+    """The method that showed the metrics describe the current model dir; DataError when they do not."""
+    model_dir, metrics_path = Path(cfg.model_dir), Path(cfg.metrics_file)
+    mode = cfg.consistency
+    if mode == "fingerprint" or (mode == "auto" and FINGERPRINT_KEY in metrics):
+        if metrics.get(FINGERPRINT_KEY) != fingerprint:
+            raise DataError(
+                f"{metrics_path}: {FINGERPRINT_KEY} {metrics.get(FINGERPRINT_KEY)!r} is not that of "
+                f"{model_dir} ({fingerprint}): the metrics belong to another model"
+            )
+        return "fingerprint"
+    locked_model, locked_metrics = lock_entry(model_dir, metrics_path)
+    if mode == "dvc_lock" or (mode == "auto" and locked_metrics == metrics_md5):
+        if locked_metrics != metrics_md5 or locked_model != dvc_dir_md5(model_dir):
+            raise DataError(
+                f"dvc.lock: the benchmark stage did not record {metrics_path} for {model_dir} as they are "
+                "now (changed since `dvc repro benchmark`)"
+            )
+        return "dvc_lock"
+    newest = max((f.stat().st_mtime for f in model_dir.rglob("*") if f.is_file()), default=0.0)
+    if metrics_path.stat().st_mtime < newest:
+        raise DataError(f"{metrics_path}: older than {model_dir}: the model changed after its benchmark")
+    return "mtime"
+
+
+def gather_evidence(cfg: RegisterConfig) -> Evidence:
+    """Everything that must hold before a version is registered (see the module docstring)."""
+    model_dir = Path(cfg.model_dir)
+    check_model_dir(model_dir)
+    metrics, value = read_metrics(cfg)
+    fingerprint = model_dir_fingerprint(model_dir)
+    metrics_md5 = file_md5(Path(cfg.metrics_file))
+    method = consistent(cfg, metrics, fingerprint, metrics_md5)
+    return Evidence(value, fingerprint, metrics_md5, method)
+
+
+# ------------------------------------------------------------------------------------------- decision
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    metric: float | None
+    metric_key: str | None
+
+
+def decide(cfg: RegisterConfig, value: float, champion: Champion | None) -> tuple[str, str]:
+    """(decision, reason) for a new version with ``value`` against the current champion."""
+    if cfg.min_metric is not None and value < cfg.min_metric:
+        return "rejected", f"{cfg.metric}={value:g} is below register.min_metric={cfg.min_metric:g}"
+    if cfg.force:
+        return "promoted", "forced (register.force=true)"
+    if champion is None:
+        return "promoted", f"no {cfg.alias} yet; {cfg.metric}={value:g}"
+    if champion.metric_key != cfg.metric or champion.metric is None:
+        return "kept_champion", (
+            f"{cfg.alias} v{champion.version} was measured on {champion.metric_key!r}, not {cfg.metric!r}: "
+            "not comparable (promote with register.force=true)"
+        )
+    if value > champion.metric + cfg.margin:
+        return "promoted", (
+            f"{cfg.metric}={value:g} beats {cfg.alias} v{champion.version} ({champion.metric:g}) "
+            f"by more than margin {cfg.margin:g}"
+        )
+    return "kept_champion", (
+        f"{cfg.metric}={value:g} does not beat {cfg.alias} v{champion.version} ({champion.metric:g}) "
+        f"by more than margin {cfg.margin:g}"
+    )
+
+
+def float_or_none(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
+
+
+def read_champion(client: Any, cfg: RegisterConfig) -> Champion | None:
+    """The version the alias points at, with the metric it was promoted on (None: no champion)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(cfg.name, cfg.alias)
+    except MlflowException:  # no such model or alias yet
+        return None
+    tags = version.tags or {}
+    return Champion(
+        str(version.version), float_or_none(tags.get(TAG + "metric")), tags.get(TAG + "metric_key")
+    )
+
+
+# ------------------------------------------------------------------------------------------ the store
+
+
+def lock_path(uri: str) -> Path | None:
+    """The lock file beside a sqlite or file store; None for a remote server."""
+    from urllib.parse import urlparse
+
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        return db.with_name(db.name + ".register.lock")
+    if uri.startswith("file:"):
+        return Path(urlparse(uri).path) / ".register.lock"
+    if "://" not in uri:
+        return Path(uri) / ".register.lock"
+    return None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout_s: float) -> Iterator[Path | None]:
+    """Hold the store's register lock (no-op for a remote server; see the module docstring)."""
+    from filelock import FileLock, Timeout
+
+    path = lock_path(uri)
+    if path is None:
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(path), timeout=timeout_s):
+            yield path
+    except Timeout as exc:
+        raise GenPRMError(f"{path}: another register held the lock for {timeout_s:g} s") from exc
+
+
+def versions(client: Any, name: str) -> list[Any]:
+    return list(client.search_model_versions(f"name='{name}'"))
+
+
+def already_registered(client: Any, cfg: RegisterConfig, evidence: Evidence) -> Any | None:
+    """A version of the same model files registered on the same metrics file, if there is one."""
+    for version in versions(client, cfg.name):
+        tags = version.tags or {}
+        if (tags.get(TAG + "model_fingerprint"), tags.get(TAG + "metrics_md5")) == (
+            evidence.fingerprint,
+            evidence.metrics_md5,
+        ):
+            return version
+    return None
+
+
+def best_promoted(client: Any, cfg: RegisterConfig) -> str | None:
+    """The promoted version with the best metric since the last forced promotion (ties: the newest)."""
+    promoted = [
+        v
+        for v in versions(client, cfg.name)
+        if (v.tags or {}).get(TAG + "decision") == "promoted"
+        and (v.tags or {}).get(TAG + "metric_key") == cfg.metric
+    ]
+    forced = [int(v.version) for v in promoted if (v.tags or {}).get(TAG + "forced") == "true"]
+    since = max(forced, default=0)
+    eligible = [v for v in promoted if int(v.version) >= since]
+    if not eligible:
+        return None
+    best = max(
+        eligible, key=lambda v: (float_or_none(v.tags.get(TAG + "metric")) or -math.inf, int(v.version))
+    )
+    return str(best.version)
+
+
+def repair_alias(client: Any, cfg: RegisterConfig) -> str | None:
+    """Point the alias at the best promoted version if a concurrent run left it elsewhere; the version set."""
+    current = read_champion(client, cfg)
+    best = best_promoted(client, cfg)
+    if best is None or (current is not None and current.version == best):
+        return None
+    client.set_registered_model_alias(cfg.name, cfg.alias, best)
+    client.set_model_version_tag(cfg.name, best, TAG + "alias_repaired", "true")
+    return best
+
+
+def compare_and_set(client: Any, cfg: RegisterConfig, version: str, value: float) -> dict[str, Any]:
+    """Decide against the champion read now, tag the version, move the alias if promoted, then verify."""
+    champion = read_champion(client, cfg)
+    decision, reason = decide(cfg, value, champion)
+    tags = {
+        "decision": decision,
+        "reason": reason,
+        "previous_champion": champion.version if champion else "none",
+        "previous_metric": "none" if champion is None or champion.metric is None else str(champion.metric),
+        "forced": str(cfg.force and decision == "promoted").lower(),
+    }
+    for key, text in tags.items():  # tags before the alias: a concurrent verify must see the promotion
+        client.set_model_version_tag(cfg.name, version, TAG + key, text)
+    if decision == "promoted":
+        client.set_registered_model_alias(cfg.name, cfg.alias, version)
+    repaired = repair_alias(client, cfg)
+    final = read_champion(client, cfg)
+    return {
+        "decision": decision,
+        "reason": reason,
+        "previous_champion": int(champion.version) if champion else None,
+        "champion": int(final.version) if final else None,
+        "alias_repaired": repaired is not None,
+    }

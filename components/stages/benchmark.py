@@ -1,0 +1,312 @@
+"""The ``benchmark`` stage: ProcessBench F1 (Pass@1 and Maj@N), Best-of-N, and the baselines.
+
+- ProcessBench: every configured ProcessBench-format file is a subset (the synthetic test set by default;
+  Qwen/ProcessBench files where a hub is reachable). The GenPRM scores each record with N sampled critique
+  conversations; Maj@n uses the first n (Pass@1 is n = 1), so one pass gives the test-time scaling curve.
+- Baselines, scored the same way: the direct GenPRM (trained on verdict-only records) and the GenPRM with
+  code execution switched off.
+- Best-of-N: the configured policy samples N solutions for held-out synthetic problems and for the real
+  files of ``../shared/data``; the GenPRM scores them and the selectors of ``components/method/bestofn.py``
+  pick.
+
+Results: metrics/benchmark.json (DVC metrics; percentages), plots/benchmark_f1.json and
+plots/benchmark_bon.json (DVC plots), PNG figures and per-record tables under ``benchmark.output_dir``.
+
+    genprm benchmark                 # dvc repro benchmark does the same
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from components.backends.base import BackendConfig
+from components.method.scorer import ScorerConfig
+from components.platform.config import option, section
+from components.platform.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProcessBenchSetConfig:
+    """Which ProcessBench-format files are scored."""
+
+    files: list[str] = option(
+        ["data/prepared/processbench.jsonl"],
+        help="ProcessBench-format files; each is a subset named by its stem.",
+    )
+    max_records: int | None = option(
+        100, help="Score only the first this many records of each file (null: all)."
+    )
+
+
+@dataclass(frozen=True)
+class BestOfNConfig:
+    """Best-of-N: which policy samples, on which problems, and how many."""
+
+    policy: BackendConfig = section(BackendConfig, help="The policy sampling the N candidate solutions.")
+    n_values: list[int] = option(
+        [1, 2, 4, 8], help="N values of the accuracy-vs-N curve (the largest is sampled)."
+    )
+    problems: str | None = option("data/prepared/test.parquet", help="Held-out problems table (null: none).")
+    max_problems: int = option(48, help="Held-out problems used.")
+    files: list[str] = option(
+        [], help="Real problem files (e.g. ../shared/data/math500.jsonl); a missing file is skipped."
+    )
+    file_max_problems: int = option(8, help="Problems used from each real file.")
+    temperature: float = option(0.7, help="Policy sampling temperature.")
+    max_tokens: int = option(160, help="Policy generation budget per solution.")
+    vote_score: Literal["last", "min", "mean"] = option(
+        "min", help="Solution score used by weighted voting: last, min or mean."
+    )
+    seed: int = option(0, help="Policy sampling seed.")
+
+    def __post_init__(self) -> None:
+        if not self.n_values or min(self.n_values) < 1:
+            raise ConfigError("benchmark.best_of_n.n_values: need at least one N, all >= 1")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """The ``benchmark`` section of params.yaml."""
+
+    genprm: ScorerConfig = section(ScorerConfig, help="The GenPRM under test and how it critiques.")
+    samples: list[int] = option([1, 2, 4, 8], help="Maj@N values for ProcessBench (1 = Pass@1).")
+    direct_model: str | None = option("models/genprm_direct", help="The direct baseline model (null: skip).")
+    no_code_baseline: bool = option(True, help="Also score with code execution switched off.")
+    baseline_samples: int = option(1, help="Critiques per record for the baselines.")
+    processbench: ProcessBenchSetConfig = section(ProcessBenchSetConfig, help="ProcessBench subsets.")
+    best_of_n: BestOfNConfig = section(BestOfNConfig, help="Best-of-N selection.")
+    threads: int = option(1, help="torch CPU threads for in-process generation (0: torch's default).")
+    output_dir: str = option("data/benchmark", help="Per-record tables and figures.")
+
+    def __post_init__(self) -> None:
+        if not self.samples or min(self.samples) < 1 or self.baseline_samples < 1:
+            raise ConfigError("benchmark.samples/baseline_samples: every N must be at least 1")
+
+
+# ------------------------------------------------------------------------------------------ ProcessBench
+
+
+def score_processbench(
+    cfg: BenchmarkConfig, scorer_cfg: ScorerConfig, samples: list[int], tag: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Mean and per-subset F1 for each Maj@n of ``samples``, and one row per record."""
+    from components.method.processbench import evaluate, load_subset, predictions_from_rewards
+    from components.method.scorer import GenPRMScorer
+
+    subsets = {
+        Path(f).stem: load_subset(Path(f), cfg.processbench.max_records) for f in cfg.processbench.files
+    }
+    results: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    with GenPRMScorer(scorer_cfg) as scorer:
+        for name, records in subsets.items():
+            scored = scorer.score([(r.problem, r.steps) for r in records], max(samples), desc=f"{tag} {name}")
+            for n in samples:
+                preds = predictions_from_rewards(records, [s.rewards(n) for s in scored])
+                results.setdefault(f"maj@{n}", {})[name] = preds
+            rows += [_record_row(tag, name, r, s) for r, s in zip(records, scored, strict=True)]
+    metrics = {key: evaluate(subsets, _merge(preds)) for key, preds in results.items()}
+    return metrics, rows
+
+
+def _merge(per_subset: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {rid: p for preds in per_subset.values() for rid, p in preds.items()}
+
+
+def _record_row(tag: str, subset: str, record: Any, scored: Any) -> dict[str, Any]:
+    return {
+        "system": tag,
+        "subset": subset,
+        "id": record.id,
+        "label": record.label,
+        "samples": scored.samples,
+        "reward_sources": scored.sources,
+        "missing_verdicts": scored.missing_verdicts,
+        "code_runs": scored.code_runs,
+        "code_failures": scored.code_failures,
+        "tokens": scored.tokens,
+        "critique": scored.critiques,
+    }
+
+
+def processbench_systems(cfg: BenchmarkConfig) -> list[tuple[str, ScorerConfig, list[int]]]:
+    """The GenPRM and its baselines: (name, scorer config, Maj@N values)."""
+    base = [1] if cfg.baseline_samples == 1 else sorted({1, cfg.baseline_samples})
+    systems = [("genprm", cfg.genprm, sorted(set(cfg.samples)))]
+    if cfg.no_code_baseline:
+        systems.append(("genprm_no_code", replace(cfg.genprm, execute=False), base))
+    if cfg.direct_model:
+        direct = replace(cfg.genprm, model=replace(cfg.genprm.model, model=cfg.direct_model), execute=False)
+        systems.append(("direct", direct, base))
+    return systems
+
+
+# ------------------------------------------------------------------------------------------- Best-of-N
+
+
+def bon_problem_sets(cfg: BestOfNConfig) -> dict[str, list[Any]]:
+    """Held-out synthetic problems and the real files that exist, each cut to its configured size."""
+    from components.data.io import read_parquet
+    from components.data.records import problems_from_frame
+    from components.data.sources import FileSourceConfig, load_file_problems
+
+    sets: dict[str, list[Any]] = {}
+    if cfg.problems:
+        frame = read_parquet(Path(cfg.problems))
+        sets["synthetic"] = problems_from_frame(frame, cfg.problems)[: cfg.max_problems]
+    for file in cfg.files:
+        if not Path(file).is_file():
+            log.warning("benchmark: best-of-n file %s not found; skipped", file)
+            continue
+        problems = load_file_problems(FileSourceConfig(path=file), "benchmark.best_of_n.files")
+        sets[Path(file).stem] = problems[: cfg.file_max_problems]
+    return sets
+
+
+def sample_solutions(cfg: BestOfNConfig, problems: list[Any]) -> list[list[Any]]:
+    """max(n_values) graded policy samples per problem."""
+    from components.backends.base import GenerationRequest, SamplingParams, make_backend
+    from components.method.prompts import STEP_PREFILL, chat_messages
+    from components.stages.rollout import make_path
+
+    n = max(cfg.n_values)
+    params = SamplingParams(n=n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    requests = [GenerationRequest(messages=chat_messages(p.problem), prefill=STEP_PREFILL) for p in problems]
+    with make_backend(cfg.policy) as policy:
+        results = policy.generate(requests, params)
+    return [
+        [make_path(j, 0, sample, p.answer, "step_marker") for j, sample in enumerate(result.samples)]
+        for p, result in zip(problems, results, strict=True)
+    ]
+
+
+def candidate_table(scorer: Any, problems: list[Any], paths: list[list[Any]], tag: str) -> list[list[Any]]:
+    """Every sampled solution as a ``Candidate`` with its GenPRM step rewards (Pass@1)."""
+    from components.method.bestofn import Candidate
+
+    flat = [(p.problem, path.steps) for p, row in zip(problems, paths, strict=True) for path in row]
+    scored = iter(scorer.score(flat, 1, desc=f"best-of-n {tag}"))
+    return [
+        [
+            Candidate(
+                None if path.answer is None else path.answer.replace(" ", ""),
+                path.correct,
+                next(scored).rewards(),
+            )
+            for path in row
+        ]
+        for row in paths
+    ]
+
+
+def best_of_n(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """Accuracy vs N for every selector on every problem set."""
+    from components.method.bestofn import SELECTORS, accuracy
+    from components.method.scorer import GenPRMScorer
+
+    sets = bon_problem_sets(cfg.best_of_n)
+    sampled = {name: sample_solutions(cfg.best_of_n, problems) for name, problems in sets.items()}
+    results: dict[str, Any] = {}
+    with GenPRMScorer(cfg.genprm) as scorer:
+        for name, problems in sets.items():
+            table = candidate_table(scorer, problems, sampled[name], name)
+            vote = cfg.best_of_n.vote_score
+            results[name] = {
+                sel: {str(n): accuracy(table, sel, n, vote) for n in cfg.best_of_n.n_values}
+                for sel in SELECTORS
+            } | {"problems": len(problems)}
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def f1_plot_rows(processbench: dict[str, Any]) -> list[dict[str, Any]]:
+    """Mean F1 vs N for the GenPRM (the test-time scaling curve), baselines at their N."""
+    rows = []
+    for key, scores in processbench["genprm"].items():
+        row = {"n": int(key.removeprefix("maj@")), "genprm": scores["mean_f1"]}
+        for system in ("genprm_no_code", "direct"):
+            if key in processbench.get(system, {}):
+                row[system] = processbench[system][key]["mean_f1"]
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["n"])
+
+
+def bon_plot_rows(bon: dict[str, Any]) -> list[dict[str, Any]]:
+    """Synthetic-set accuracy vs N, one column per selector."""
+    synthetic = bon.get("synthetic", {})
+    ns = sorted({int(n) for sel, accs in synthetic.items() if isinstance(accs, dict) for n in accs})
+    return [
+        {"n": n} | {sel: accs[str(n)] for sel, accs in synthetic.items() if isinstance(accs, dict)}
+        for n in ns
+    ]
+
+
+def save_figures(out: Path, f1_rows: list[dict[str, Any]], bon_rows: list[dict[str, Any]]) -> list[Path]:
+    """PNG figures of both curves (logged to MLflow as images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, rows, ylabel in (
+        ("f1_vs_n", f1_rows, "ProcessBench mean F1 (%)"),
+        ("bon_accuracy", bon_rows, "accuracy (%)"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in [k for k in (rows[0] if rows else {}) if k != "n"]:
+            points = [(r["n"], r[key]) for r in rows if r.get(key) is not None]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
+        ax.set(xlabel="N", ylabel=ylabel, xscale="log", title=name.replace("_", " "))
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=100)
+        plt.close(fig)
+        paths.append(out / f"{name}.png")
+    return paths
+
+
+def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
+    """Entry point for dvc, flows and the CLI: score ProcessBench and Best-of-N; write metrics and plots."""
+    import pandas as pd
+
+    from components.data.io import write_json, write_parquet
+    from components.data.journal import fingerprint, model_fingerprint
+    from components.method.processbench import as_percent
+    from components.platform.params import load_params
+
+    cfg: BenchmarkConfig = load_params(params_path, overrides)["benchmark"]
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    processbench: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for name, scorer_cfg, samples in processbench_systems(cfg):
+        processbench[name], system_rows = score_processbench(cfg, scorer_cfg, samples, name)
+        rows += system_rows
+    bon = best_of_n(cfg)
+    metrics = as_percent({"processbench": processbench, "best_of_n": bon})
+    genprm = metrics["processbench"]["genprm"]
+    metrics["headline"] = {f"f1_maj@{n}": genprm[f"maj@{n}"]["mean_f1"] for n in cfg.samples}
+    # Ties these metrics to the weights scored: `register` never promotes a model on another's numbers.
+    metrics["model_fingerprint"] = fingerprint(model_fingerprint(cfg.genprm.model.model))
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_parquet(out / "processbench_scores.parquet", pd.DataFrame(rows))
+    f1_rows, bon_rows = f1_plot_rows(metrics["processbench"]), bon_plot_rows(metrics["best_of_n"])
+    save_figures(out, f1_rows, bon_rows)
+    write_json(Path("plots/benchmark_f1.json"), f1_rows)
+    write_json(Path("plots/benchmark_bon.json"), bon_rows)
+    write_json(Path("metrics/benchmark.json"), metrics)
+    return metrics

@@ -1,0 +1,199 @@
+"""The ``bootstrap`` stage: make the small policy model of the offline world.
+
+Trains a byte-level BPE tokenizer on the synthetic corpus, builds a small Qwen2/Llama model from a
+config, pretrains it on chat-formatted solutions (a mixture of gold solutions and solutions with one
+injected error, loss on the assistant turn only), saves both with ``save_pretrained`` and measures how
+often the policy solves held-out problems greedily and at the sampling temperature.
+
+    genprm bootstrap [--set bootstrap.train.steps=200]
+
+Outputs ``models/policy`` (a model directory loadable with ``from_pretrained``),
+``metrics/bootstrap.json`` and ``plots/bootstrap_loss.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.method.prompts import GENPRM_SYSTEM_PROMPT, POLICY_SYSTEM_PROMPT, solution_text
+from components.platform.config import option, section
+from components.world.smallmodel import ModelConfig
+from components.world.synthetic import (
+    ERROR_KINDS,
+    SyntheticConfig,
+    WorldProblem,
+    generate_problems,
+    gold_steps,
+    inject_error,
+    problem_text,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Pretraining loop settings."""
+
+    steps: int = option(1000, help="Optimizer steps.")
+    batch_size: int = option(32, help="Sequences per optimizer step.")
+    lr: float = option(3e-3, help="Peak learning rate (AdamW).")
+    min_lr_ratio: float = option(0.1, help="Final learning rate as a fraction of the peak (cosine decay).")
+    warmup_steps: int = option(50, help="Linear warm-up steps.")
+    weight_decay: float = option(0.01, help="AdamW weight decay.")
+    loss_on: str = option("solution", help="'solution' (assistant turn only) or 'all' tokens.")
+    log_every: int = option(50, help="Log and record the loss every this many steps.")
+    whole_text_fraction: float = option(
+        0.5,
+        help="Fraction of examples tokenized as one piece after the prompt (as step prefixes are when "
+        "prefilled); the rest are split after 'Step 1: ' (as a rollout's prompt and generation are).",
+    )
+    bf16_autocast: bool = option(
+        True, help="Run forward/backward under bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX)."
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the policy is measured after training."""
+
+    num_problems: int = option(200, help="Held-out synthetic problems to solve.")
+    temperature: float = option(0.7, help="Sampling temperature of the policy measurement.")
+    max_new_tokens: int = option(160, help="Generation budget per solution.")
+    batch_size: int = option(64, help="Generation batch size.")
+
+
+@dataclass(frozen=True)
+class BootstrapConfig:
+    """The ``bootstrap`` section of params.yaml."""
+
+    seed: int = option(1234, help="Seed for corpus, initialisation and sampling.")
+    corpus_size: int = option(40000, help="Training solutions generated for pretraining.")
+    error_fraction: float = option(0.2, help="Fraction of training solutions with one injected error.")
+    vocab_size: int = option(1024, help="BPE vocabulary size (special tokens included).")
+    threads: int = option(2, help="torch CPU threads.")
+    model: ModelConfig = section(ModelConfig, help="Model shape.")
+    train: TrainConfig = section(TrainConfig, help="Pretraining loop.")
+    eval: EvalConfig = section(EvalConfig, help="Policy measurement.")
+    output_dir: str = option("models/policy", help="Where the model and tokenizer are saved.")
+
+
+def training_solution(problem: WorldProblem, rng: random.Random, cfg: BootstrapConfig, world: Any) -> str:
+    """A gold solution or, with probability ``error_fraction``, one with a single injected error."""
+    if rng.random() < cfg.error_fraction:
+        for _ in range(10):
+            kind = rng.choice(ERROR_KINDS)
+            steps = inject_error(problem, rng, world, kind, rng.randrange(len(problem.operations)))
+            if steps is not None:
+                return solution_text(steps)
+    return solution_text(gold_steps(problem))
+
+
+def build_corpus(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str]) -> list[tuple[str, str]]:
+    """(problem text, solution text) pairs for pretraining, skipping problems in ``exclude``."""
+    from components.data.records import normalize_text
+
+    rng = random.Random(cfg.seed)
+    problems = generate_problems(world, cfg.corpus_size, seed=cfg.seed, prefix="corpus")
+    pairs = []
+    for problem in problems:
+        text = problem_text(problem)
+        if normalize_text(text) not in exclude:
+            pairs.append((text, training_solution(problem, rng, cfg, world)))
+    return pairs
+
+
+def eval_problems(cfg: BootstrapConfig, world: SyntheticConfig) -> list[WorldProblem]:
+    """Held-out problems for measuring the policy (a seed disjoint from the corpus seed)."""
+    return generate_problems(world, cfg.eval.num_problems, seed=cfg.seed + 1_000_003, prefix="heldout")
+
+
+def tokenizer_corpus(pairs: list[tuple[str, str]], extra: list[str]) -> list[str]:
+    """Texts to train the tokenizer on: chat-formatted solutions and the rationale scaffolding.
+
+    The fixed parts (system prompts, role names, scaffolding) are repeated so that BPE merges them.
+    """
+    texts = []
+    for problem, solution in pairs:
+        texts.append(f"system\n{POLICY_SYSTEM_PROMPT}\nuser\n{problem}\nassistant\n{solution}")
+    repeats = max(1, len(pairs) // 10)
+    texts.extend(extra * repeats)
+    return texts
+
+
+def run(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str], out_dir: Path) -> dict[str, Any]:
+    """Build, pretrain, save and measure the policy; returns the metrics dict."""
+    import torch
+
+    from components.world.pretrain import evaluate_policy, pretrain
+    from components.world.smallmodel import build_model, count_parameters, train_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    pairs = build_corpus(cfg, world, exclude)
+    log.info("corpus: %d solutions (%.0f%% with an injected error)", len(pairs), 100 * cfg.error_fraction)
+    tokenizer = train_tokenizer(tokenizer_corpus(pairs, RATIONALE_SCAFFOLD), cfg.vocab_size)
+    model = build_model(cfg.model, tokenizer, seed=cfg.seed)
+    log.info("model: %s, %d parameters", cfg.model.architecture, count_parameters(model))
+    losses = pretrain(model, tokenizer, pairs, cfg.train, seed=cfg.seed)
+    train_seconds = time.perf_counter() - started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    heldout = eval_problems(cfg, world)
+    accuracy = evaluate_policy(out_dir, heldout, cfg.eval, seed=cfg.seed)
+    return {
+        "parameters": count_parameters(model),
+        "corpus_size": len(pairs),
+        "final_loss": losses[-1][1] if losses else float("nan"),
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        **accuracy,
+        "loss_curve": losses,
+    }
+
+
+def held_out_texts(prepared_dir: Path) -> set[str]:
+    """Problem texts that must never be trained on: the test split and the ProcessBench test set."""
+    from components.data.io import read_jsonl, read_parquet
+    from components.data.records import normalize_text
+
+    texts = set(read_parquet(prepared_dir / "test.parquet")["problem"])
+    texts.update(rec["problem"] for _, rec in read_jsonl(prepared_dir / "processbench.jsonl"))
+    return {normalize_text(t) for t in texts}
+
+
+def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
+    """Entry point for dvc, flows and the CLI: read params, train, save, write metrics and plots."""
+    from components.data.io import write_json
+    from components.platform.params import load_params
+
+    params = load_params(params_path, overrides)
+    cfg: BootstrapConfig = params["bootstrap"]
+    exclude = held_out_texts(Path(params["prepare"].output_dir))
+    out_dir = Path(cfg.output_dir)
+    tmp_dir = out_dir.with_name(out_dir.name + ".partial")
+    metrics = run(cfg, params["world"], exclude, tmp_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp_dir.rename(out_dir)
+    curve = metrics.pop("loss_curve")
+    write_json(Path("metrics/bootstrap.json"), metrics)
+    write_json(Path("plots/bootstrap_loss.json"), [{"step": s, "loss": loss} for s, loss in curve])
+    return metrics
+
+
+# Fixed phrases of the GenPRM rationale format (DESIGN.md §3), so later stages tokenize them compactly.
+RATIONALE_SCAFFOLD = [
+    GENPRM_SYSTEM_PROMPT,
+    "<analyze>\nLet's analyze the Paragraph 1 step by step: \n</analyze>\n<verify>\n"
+    "Let's use python code to find any potential error:\n```python\nprint(3 + 4 == 7)\n```\n"
+    "[Code Output]\n\n```\nTrue\n```\n</verify>\n<output>\n**Judgement**: $\\boxed{Yes}$\n</output>",
+    "**Judgement**: $\\boxed{No}$ assert result == expected, f'step claims {claimed}' import sympy",
+]

@@ -1,0 +1,388 @@
+"""The ``label`` stage: Monte Carlo estimates per step prefix, then RPE and hard-MC step labels.
+
+DESIGN.md §3 (Monte Carlo estimate, RPE label); the method and its wave schedule are in
+``components.method.montecarlo``. Labels every kept path of the rollout table (MC_0 = the problem's pass rate)
+and every record of a ProcessBench-format file with gold ``answer`` fields (MC_0 estimated, wave 0), so
+that label quality can be measured against the true first errors.
+
+    genprm label                                # -> data/label/labels.parquet, processbench_labels.parquet
+    genprm label --set label.shard=1/4          # one shard -> data/label/shards/*-1of4.*
+    genprm label --set label.shard=merge        # the n shards -> the final tables and metrics
+
+Cost: wave t of a problem is ONE backend call (n=K) holding the step-t prefixes of its paths still alive,
+identical prefixes once; paths stop at their first MC of 0. ``benchmarks/labeling.py`` compares this with
+the naive Math-Shepherd loop.
+
+Determinism, shards, crash safety: a call never mixes problems and is seeded with
+``unit_seed(seed, unit key, wave)``, so its samples depend only on its problem, never on sharding or
+resuming: one run, a resumed run and n merged shards give the same tables. Each finished problem is one
+line of ``<output_dir>/.progress-<i>of<n>.jsonl`` (a ``Journal`` fingerprinted by the config, input files
+and model files); a restarted run skips the problems found there. Tables are written atomically at the
+end, then the journal is removed.
+
+Outputs: ``labels.parquet`` (one row per path: ``LABEL_COLUMNS``), ``processbench_labels.parquet`` (the
+same plus the gold first-error ``label``), ``metrics/label.json`` (ProcessBench F1 of RPE and hard-MC
+labels, counts and cost) and ``plots/label_epsilon.json`` (F1 for each of ``epsilon_sweep``, recomputed
+from the same MC values, next to hard-MC).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.backends import Backend, BackendConfig, make_backend
+from components.data.journal import (
+    Journal,
+    ShardSpec,
+    complete_shard_count,
+    file_sha256,
+    fingerprint,
+    model_fingerprint,
+    shard,
+)
+from components.data.quality import QualityConfig, check
+from components.method.metrics import first_error_from_labels, processbench_f1
+from components.method.montecarlo import Estimate, PathInput, Unit, estimate, hard_labels, rpe_labels
+from components.platform.config import option, section, to_dict
+from components.platform.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+METRICS_PATH = Path("metrics/label.json")
+PLOT_PATH = Path("plots/label_epsilon.json")
+ROLLOUT_NEEDED = ("problem_id", "problem", "gold_answer", "path_id", "steps", "correct", "kept", "pass_rate")
+LABEL_COLUMNS = [
+    "path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "mc0", "k", "mc",
+    "rpe_labels", "hard_labels", "completions", "tokens_generated", "no_answer_count",
+]  # fmt: skip
+PROCESSBENCH_COLUMNS = [*LABEL_COLUMNS, "label"]
+TABLES = {"rollout": "labels", "processbench": "processbench_labels"}
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """The ``label`` section of params.yaml."""
+
+    completer: BackendConfig = section(BackendConfig, help="The completer that continues step prefixes.")
+    k_low: int = option(32, help="K (completions per prefix) when MC_0 < low_threshold (paper: 128).")
+    k_mid: int = option(16, help="K when low_threshold <= MC_0 < high_threshold (paper: 64).")
+    k_high: int = option(8, help="K when MC_0 >= high_threshold (paper: 32).")
+    low_threshold: float = option(0.1, help="MC_0 below this gets k_low.")
+    high_threshold: float = option(0.9, help="MC_0 at or above this gets k_high.")
+    mc0_samples: int = option(16, help="Completions of the bare prompt estimating MC_0 (ProcessBench).")
+    epsilon: float = option(0.8, help="RPE: step t is right iff MC_t / MC_{t-1} >= epsilon (0 < epsilon).")
+    epsilon_sweep: list[float] = option([0.5, 0.8, 1.0], help="Epsilons whose ProcessBench F1 is plotted.")
+    temperature: float = option(0.7, help="Completer sampling temperature.")
+    top_p: float = option(1.0, help="Completer nucleus sampling threshold (1 = off).")
+    max_tokens: int = option(128, help="Generation budget of one completion.")
+    seed: int = option(0, help="Base seed; wave t of a unit gets unit_seed(seed, unit key, t).")
+    threads: int = option(0, help="torch CPU threads for in-process generation (0: torch's default).")
+    shard: str = option(
+        "0/1",
+        help="'i/n': this run's share of the units (problems), written to <output_dir>/shards/ when "
+        "n > 1; 'merge': combine the n shard outputs into the final tables and metrics.",
+    )
+    input: str | None = option(
+        "data/rollout/rollouts.parquet", help="The rollout table; its kept paths are labelled (null: none)."
+    )
+    processbench_input: str | None = option(
+        "data/prepared/processbench.jsonl",
+        help="A ProcessBench-format jsonl with gold answers, labelled to measure label quality (null: none).",
+    )
+    processbench_max_records: int | None = option(
+        150, help="Label only the first this many ProcessBench records (null: all)."
+    )
+    output_dir: str = option("data/label", help="Directory of the label tables, shards and progress.")
+
+    def __post_init__(self) -> None:
+        for key in ("k_low", "k_mid", "k_high", "mc0_samples", "max_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"label.{key}: must be at least 1, got {getattr(self, key)}")
+        if not 0.0 <= self.low_threshold <= self.high_threshold <= 1.0:
+            raise ConfigError("label.low_threshold/high_threshold: need 0 <= low <= high <= 1")
+        if not all(e > 0 for e in [self.epsilon, *self.epsilon_sweep]):
+            raise ConfigError("label.epsilon/epsilon_sweep: every epsilon must be > 0")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("label: need temperature >= 0 and 0 < top_p <= 1")
+        if self.processbench_max_records is not None and self.processbench_max_records < 1:
+            raise ConfigError("label.processbench_max_records: must be at least 1 or null")
+        if self.input is None and self.processbench_input is None:
+            raise ConfigError("label: input and processbench_input are both null: nothing to label")
+        if self.shard != "merge":
+            ShardSpec.parse(self.shard, "label.shard")
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def _row_error(path: Path | str, row: int, rec: dict[str, Any]) -> str | None:
+    """Why a kept rollout row cannot be labelled, or None."""
+    steps, gold, rate = rec["steps"], rec["gold_answer"], rec["pass_rate"]
+    if steps is None or len(steps) == 0:
+        return f"{path}: row {row} (path {rec['path_id']!r}) is kept but has no steps"
+    if gold is None or (isinstance(gold, float) and math.isnan(gold)) or not str(gold).strip():
+        return f"{path}: row {row} (problem {rec['problem_id']!r}) has no gold answer"
+    if not isinstance(rate, int | float) or not 0.0 <= float(rate) <= 1.0:
+        return f"{path}: row {row} (problem {rec['problem_id']!r}) has pass_rate {rate!r}, not in [0, 1]"
+    return None
+
+
+def rollout_units(frame: pd.DataFrame, path: Path | str = "<frame>") -> list[Unit]:
+    """The kept paths of a rollout table grouped by problem (first-appearance order); checks input."""
+    missing = [c for c in ROLLOUT_NEEDED if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]!r} (label needs {', '.join(ROLLOUT_NEEDED)})")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    seen: set[str] = set()
+    for row, rec in enumerate(frame.to_dict(orient="records"), start=1):
+        if not bool(rec["kept"]):
+            continue
+        error = _row_error(path, row, rec)
+        if error is None and str(rec["path_id"]) in seen:
+            error = f"{path}: row {row} repeats path_id {rec['path_id']!r}"
+        if error:
+            raise DataError(error)
+        seen.add(str(rec["path_id"]))
+        groups.setdefault(str(rec["problem_id"]), []).append(rec)
+    units = []
+    for pid, recs in groups.items():
+        paths = [PathInput(str(r["path_id"]), [str(s) for s in r["steps"]], bool(r["correct"])) for r in recs]
+        first = recs[0]
+        gold, rate = str(first["gold_answer"]), float(first["pass_rate"])
+        units.append(Unit("rollout", pid, str(first["problem"]), gold, rate, paths))
+    return units
+
+
+def processbench_units(path: Path, limit: int | None = None) -> list[Unit]:
+    """One unit per ProcessBench-format record (the first ``limit``); each needs its gold ``answer``."""
+    from components.data.io import read_jsonl
+    from components.data.records import processbench_from_dict
+
+    units: list[Unit] = []
+    for line, raw in read_jsonl(path):
+        if limit is not None and len(units) >= limit:
+            break
+        rec = processbench_from_dict(raw, f"{path}:{line}")
+        if rec.answer is None or not rec.answer.strip():
+            raise DataError(f"{path}:{line}: record {rec.id!r} has no gold 'answer' (MC estimates need it)")
+        paths = [PathInput(rec.id, rec.steps, rec.final_answer_correct, rec.label)]
+        units.append(Unit("processbench", rec.id, rec.problem, rec.answer, None, paths))
+    return units
+
+
+def load_units(cfg: LabelConfig) -> list[Unit]:
+    """Every unit to label, in canonical order: rollout problems, then ProcessBench records."""
+    from components.data.io import read_parquet
+
+    units = rollout_units(read_parquet(Path(cfg.input)), cfg.input) if cfg.input else []
+    if cfg.processbench_input:
+        units += processbench_units(Path(cfg.processbench_input), cfg.processbench_max_records)
+    return units
+
+
+def unit_records(unit: Unit, est: Estimate, epsilon: float) -> list[dict[str, Any]]:
+    """One output row per path of ``unit`` (plus ``kind``, which picks the table)."""
+    rows = []
+    for path, mc, spend in zip(unit.paths, est.mc, est.spend, strict=True):
+        row: dict[str, Any] = {
+            "kind": unit.kind, "path_id": path.path_id, "problem_id": unit.problem_id,
+            "problem": unit.problem, "gold_answer": unit.gold, "steps": list(path.steps),
+            "correct": path.correct, "mc0": est.mc0, "k": est.k, "mc": mc,
+            "rpe_labels": rpe_labels(est.mc0, mc, epsilon), "hard_labels": hard_labels(mc),
+            "completions": spend.completions, "tokens_generated": spend.tokens,
+            "no_answer_count": spend.no_answer,
+        }  # fmt: skip
+        if path.label is not None:
+            row["label"] = path.label
+        rows.append(row)
+    return rows
+
+
+def run(
+    cfg: LabelConfig, units: list[Unit], journal: Journal, backend: Backend | None = None
+) -> list[dict[str, Any]]:
+    """Label ``units`` not yet in ``journal`` (each appended when done); all their rows, in unit order.
+
+    The completer is loaded only when some unit is left to do (unless ``backend`` is given).
+    """
+    from tqdm import tqdm
+
+    pending = [u for u in units if u.key not in journal.done]
+    if pending:
+        log.info("label: %d units, %d already done", len(units), len(units) - len(pending))
+        owned = backend is None
+        active = make_backend(cfg.completer) if backend is None else backend
+        try:
+            bar = tqdm(pending, "label", len(units), initial=len(units) - len(pending), unit="problem")
+            for unit in bar:
+                journal.append(unit.key, unit_records(unit, estimate(active, cfg, unit), cfg.epsilon))
+        finally:
+            if owned:
+                active.close()
+    return journal.records(order=[u.key for u in units])
+
+
+# ------------------------------------------------------------------------------------ tables and metrics
+
+
+def tables(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """The two output tables (rollout labels, ProcessBench labels) from unit rows."""
+    rows = {kind: [r for r in records if r["kind"] == kind] for kind in TABLES}
+    return {
+        "rollout": pd.DataFrame(rows["rollout"], columns=LABEL_COLUMNS),
+        "processbench": pd.DataFrame(rows["processbench"], columns=PROCESSBENCH_COLUMNS),
+    }
+
+
+def _clean(value: float) -> float | None:
+    """JSON-safe rounded number: NaN (undefined) becomes null."""
+    return None if math.isnan(value) else round(value, 4)
+
+
+def table_summary(frame: pd.DataFrame) -> dict[str, Any]:
+    """Counts and cost of one label table."""
+    steps = [label for labels in frame["rpe_labels"] for label in labels]
+    hard = [label for labels in frame["hard_labels"] for label in labels]
+    return {
+        "paths": len(frame),
+        "problems": int(frame["problem_id"].nunique()),
+        "steps": len(steps),
+        "mean_k": _clean(float(frame["k"].mean())) if len(frame) else None,
+        "completions": int(frame["completions"].sum()),
+        "tokens_generated": int(frame["tokens_generated"].sum()),
+        "no_answer": int(frame["no_answer_count"].sum()),
+        "rpe_positive_rate": _clean(sum(steps) / len(steps)) if steps else None,
+        "hard_positive_rate": _clean(sum(hard) / len(hard)) if hard else None,
+    }
+
+
+def quality(frame: pd.DataFrame, epsilons: list[float]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """ProcessBench F1 of RPE (at each epsilon) and hard-MC labels, and the epsilon-sweep plot rows."""
+    gold = [int(label) for label in frame["label"]]
+    mc0s, mcs = list(frame["mc0"]), [list(mc) for mc in frame["mc"]]
+
+    def scores(labels: list[list[int]]) -> dict[str, float | None]:
+        pred = [first_error_from_labels(step_labels) for step_labels in labels]
+        return {key: _clean(value) for key, value in processbench_f1(gold, pred).items()}
+
+    hard = scores([list(labels) for labels in frame["hard_labels"]])
+    rpe = scores([list(labels) for labels in frame["rpe_labels"]])
+    plot = []
+    for e in epsilons:
+        swept = scores([rpe_labels(m0, mc, e) for m0, mc in zip(mc0s, mcs, strict=True)])
+        plot.append({"epsilon": e, "rpe_f1": swept["f1"], "hard_mc_f1": hard["f1"]})
+    return {"rpe": rpe, "hard_mc": hard}, plot
+
+
+def write_final(
+    cfg: LabelConfig, quality_cfg: QualityConfig, frames: dict[str, pd.DataFrame], seconds: float, shards: int
+) -> dict[str, Any]:
+    """Check, then write both tables, ``metrics/label.json`` and ``plots/label_epsilon.json``."""
+    from components.data.io import write_json, write_parquet
+
+    out = Path(cfg.output_dir)
+    checks = {
+        kind: check(name, frames[kind], quality_cfg, source=out / f"{name}.parquet")
+        for kind, name in TABLES.items()
+    }
+    for kind, name in TABLES.items():
+        write_parquet(out / f"{name}.parquet", frames[kind])
+    metrics: dict[str, Any] = {"rollouts": table_summary(frames["rollout"]), "shards": shards}
+    metrics["quality"] = checks
+    metrics["seconds"] = round(seconds, 1)
+    plot: list[dict[str, Any]] = []
+    bench = frames["processbench"]
+    if len(bench):
+        scores, plot = quality(bench, cfg.epsilon_sweep)
+        metrics["processbench"] = {**table_summary(bench), **scores, "epsilon": cfg.epsilon}
+    write_json(METRICS_PATH, metrics)
+    write_json(PLOT_PATH, plot)
+    log.info("label: %s", metrics)
+    return metrics
+
+
+# ------------------------------------------------------------------------------------- shards and I/O
+
+
+def shard_files(output_dir: Path | str, tag: str) -> dict[str, Path]:
+    """A shard's outputs under ``<output_dir>/shards/``: both tables and its metrics (by kind)."""
+    base = Path(output_dir) / "shards"
+    files = {kind: base / f"{name}-{tag}.parquet" for kind, name in TABLES.items()}
+    return {**files, "metrics": base / f"metrics-{tag}.json"}
+
+
+def find_shard_count(output_dir: Path | str) -> int:
+    """n of the complete set of shard outputs; none, mixed counts or a missing shard is a DataError."""
+    count = complete_shard_count(Path(output_dir) / "shards", "labels")
+    for i in range(count):
+        for path in shard_files(output_dir, f"{i}of{count}").values():
+            if not path.exists():
+                raise DataError(f"{path}: shard {i}/{count} is missing (run it, then merge)")
+    return count
+
+
+def merge(cfg: LabelConfig, quality_cfg: QualityConfig, units: list[Unit]) -> dict[str, Any]:
+    """``shard: merge``: the n shard outputs, in canonical unit order -> the final tables and metrics."""
+    from components.data.io import read_parquet
+
+    count = find_shard_count(cfg.output_dir)
+    parts = [shard_files(cfg.output_dir, f"{i}of{count}") for i in range(count)]
+    frames = {}
+    for kind in TABLES:
+        merged = pd.concat([read_parquet(p[kind]) for p in parts], ignore_index=True)
+        position = {u.problem_id: i for i, u in enumerate(units) if u.kind == kind}
+        order = merged["problem_id"].map(position).fillna(len(position))
+        frames[kind] = merged.iloc[order.argsort(kind="stable")].reset_index(drop=True)
+        expected = [p.path_id for u in units if u.kind == kind for p in u.paths]
+        if list(frames[kind]["path_id"]) != expected:
+            raise DataError(f"{parts[0][kind].parent}: the {kind} shards do not hold every path exactly once")
+    seconds = sum(float(json.loads(p["metrics"].read_text()).get("seconds", 0.0)) for p in parts)
+    return write_final(cfg, quality_cfg, frames, seconds, count)
+
+
+def run_fingerprint(cfg: LabelConfig) -> str:
+    """What a journal's progress depends on: the config (threads aside), input files and model files."""
+
+    settings = {k: v for k, v in to_dict(cfg).items() if k != "threads"}
+    inputs = [file_sha256(Path(p)) for p in (cfg.input, cfg.processbench_input) if p]
+    return fingerprint(settings, inputs, model_fingerprint(cfg.completer.model))
+
+
+def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
+    """Entry point for dvc, flows and the CLI: label one shard (or merge), write outputs atomically."""
+    from components.data.io import write_json, write_parquet
+    from components.platform.params import load_params
+
+    params = load_params(params_path, overrides)
+    cfg: LabelConfig = params["label"]
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    started = time.perf_counter()
+    units = load_units(cfg)
+    if cfg.shard == "merge":
+        return merge(cfg, params["quality"], units)
+    spec = ShardSpec.parse(cfg.shard, "label.shard")
+    mine = shard(units, spec, key=lambda u: u.key)
+    journal = Journal(Path(cfg.output_dir) / f".progress-{spec.tag}.jsonl", run_fingerprint(cfg))
+    frames = tables(run(cfg, mine, journal))
+    seconds = time.perf_counter() - started
+    if spec.count == 1:
+        metrics = write_final(cfg, params["quality"], frames, seconds, shards=1)
+    else:
+        files = shard_files(cfg.output_dir, spec.tag)
+        for kind in TABLES:
+            write_parquet(files[kind], frames[kind])
+        metrics = {kind: table_summary(frames[kind]) for kind in TABLES} | {"seconds": round(seconds, 1)}
+        write_json(files["metrics"], metrics)
+    journal.remove()
+    return metrics

@@ -1,0 +1,110 @@
+"""The ``register`` stage: log the trained GenPRM as an MLflow model and decide who is ``champion``.
+
+    genprm register                          # dvc repro register does the same
+    genprm register --set register.margin=0.5
+    genprm register --set register.force=true   # a manual promotion (still checked for completeness)
+
+The evidence, the decision and the store lock are ``components/platform/registry.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from components.platform.config import to_dict
+from components.platform.registry import (
+    TAG,
+    Evidence,
+    RegisterConfig,
+    already_registered,
+    compare_and_set,
+    gather_evidence,
+    read_champion,
+    store_lock,
+)
+
+
+@contextlib.contextmanager
+def model_run(uri: str) -> Iterator[str]:
+    """The active run (the stage's, under ``genprm register``), else a new ``register`` run."""
+    import mlflow
+
+    from components.platform.tracking import Tracker
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    active = mlflow.active_run()
+    if active is not None:
+        yield str(active.info.run_id)
+        return
+    experiment = Tracker(uri, Path(".")).experiment_id
+    with mlflow.start_run(experiment_id=experiment, run_name="register") as run:
+        yield str(run.info.run_id)
+
+
+def provenance(evidence: Evidence, cfg: RegisterConfig, run_id: str) -> dict[str, str]:
+    from components.platform.tracking import project_tags
+
+    tags = {
+        "metric_key": cfg.metric,
+        "metric": repr(evidence.value),
+        "run_id": run_id,
+        "model_fingerprint": evidence.fingerprint,
+        "metrics_md5": evidence.metrics_md5,
+        "consistency": evidence.method,
+        "model_dir": cfg.model_dir,
+    }
+    tags |= {k.removeprefix(TAG): v for k, v in project_tags(Path(".")).items()}
+    return tags
+
+
+def register(cfg: RegisterConfig, settings: dict[str, Any], uri: str) -> dict[str, Any]:
+    """Check the evidence, log and register a version, then decide the alias under the store lock."""
+    from mlflow import MlflowClient
+
+    from components.platform.pyfunc import log_genprm
+
+    evidence = gather_evidence(cfg)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    existing = already_registered(client, cfg, evidence)
+    if existing is not None:
+        champion = read_champion(client, cfg)
+        return {
+            "decision": "unchanged",
+            "reason": f"these model files and metrics are already version {existing.version}",
+            "version": int(existing.version),
+            "champion": int(champion.version) if champion else None,
+            "metric": evidence.value,
+        }
+    with model_run(uri) as run_id:
+        info = log_genprm(Path(cfg.model_dir), settings, cfg.pip_requirements, cfg.samples, cfg.name)
+        version = str(info.registered_model_version)
+        for key, text in provenance(evidence, cfg, run_id).items():
+            client.set_model_version_tag(cfg.name, version, TAG + key, text)
+        with store_lock(uri, cfg.lock_timeout_s):
+            outcome = compare_and_set(client, cfg, version, evidence.value)
+        client.set_tag(run_id, TAG + "registered", f"{cfg.name} v{version}: {outcome['decision']}")
+    return {"version": int(version), "metric": evidence.value, "consistency": evidence.method, **outcome}
+
+
+def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
+    """Entry point for dvc, flows and the CLI: register the GenPRM; write metrics/register.json."""
+    import logging
+
+    from components.data.io import write_json
+    from components.platform.params import load_params
+    from components.platform.tracking import tracking_uri
+
+    params = load_params(params_path, overrides)
+    cfg: RegisterConfig = params["register"]
+    settings = to_dict(replace(params["benchmark"].genprm))
+    result = register(cfg, settings, tracking_uri(Path(".")))
+    logging.getLogger(__name__).info(
+        "%s v%s: %s (%s)", cfg.name, result["version"], result["decision"], result["reason"]
+    )
+    write_json(Path("metrics/register.json"), result)
+    return result
