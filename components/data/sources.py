@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from components.data.io import read_jsonl, read_parquet, read_records
+from components.data.records import Problem
 from components.method import grading
 from components.platform.config import option
 from components.platform.errors import ConfigError, DataError
-from components.data.io import read_jsonl, read_parquet, read_records
-from components.data.records import Problem
 
 C = TypeVar("C", "FileSourceConfig", "HFSourceConfig")
 
@@ -37,10 +37,11 @@ class FieldMapping:
     )
     problem_field: str = option("problem", help="Field holding the problem statement.")
     answer_field: str = option("answer", help="Field holding the gold final answer.")
-    answer_format: Literal["auto", "gsm8k", "float", "latex", "plain"] = option(
+    answer_format: Literal["auto", "gsm8k", "float", "latex", "plain", "boxed"] = option(
         "auto",
         help="Gold answer format: gsm8k ('... #### 18'), float (27.0 -> 27), latex or plain (strip $), "
-        "auto (numbers as float, '####' as gsm8k, else latex).",
+        "boxed (the last \\boxed{} of the field, e.g. a MATH solution), auto (numbers as float, '####' "
+        "as gsm8k, else latex). A list answer (['2']) gives its first element in every format.",
     )
     metadata_fields: list[str] = option(
         [], help="Fields copied into the problem's metadata (each must be present in every record)."
@@ -81,10 +82,25 @@ FILE_PRESETS: dict[str, dict[str, Any]] = {
 """Field mappings of the shared benchmark files (shared/data), keyed by file stem."""
 
 HF_PRESETS: dict[str, dict[str, Any]] = {
+    # card: problem, solution, answer, subject, level (int), unique_id; one split, test (500 rows)
     "HuggingFaceH4/MATH-500": FILE_PRESETS["math500"],
-    "openai/gsm8k": {"problem_field": "question", "answer_format": "gsm8k"},
+    # card: configs main and socratic (one must be named), question + answer ('... #### 72'); train, test
+    "openai/gsm8k": {"name": "main", "problem_field": "question", "answer_format": "gsm8k"},
+    # card: id (int), problem, solution, answer (string), url, year; one split, train (30 rows)
+    "HuggingFaceH4/aime_2024": {"id_field": "id", "answer_format": "plain", "split": "train"},
+    # per-subset configs (OE_TO_maths_en_COMP: text-only English maths), split train; question, id and
+    # final_answer, a list of strings (['$2$']): its first element is the gold answer
+    "Hothan/OlympiadBench": {
+        "name": "OE_TO_maths_en_COMP",
+        "id_field": "id",
+        "problem_field": "question",
+        "answer_field": "final_answer",
+        "answer_format": "latex",
+        "split": "train",
+    },
 }
-"""Field mappings of the same benchmarks on the hub, keyed by dataset id."""
+"""Field mappings of benchmarks on the hub, keyed by dataset id (README "Problem sources" says which
+were checked against their published dataset cards, and how)."""
 
 
 def with_preset(cfg: C, presets: dict[str, dict[str, Any]], key: str) -> C:
@@ -122,14 +138,35 @@ def _text(record: dict[str, Any], key: str, where: str, what: str) -> str:
     return text
 
 
+def _first_answer(raw: Any, key: str, where: str) -> Any:
+    """A list answer (OlympiadBench's ``final_answer: ["2"]``) as its first element; others unchanged."""
+    if not isinstance(raw, list | tuple):
+        return raw
+    if not raw:
+        raise DataError(f"{where}: empty answer list (field {key!r})")
+    return _plain(raw[0])
+
+
+def _boxed(raw: Any, key: str, where: str) -> str:
+    """The content of the last ``\\boxed{}`` (nested braces included) of a solution-like field."""
+    if not isinstance(raw, str):
+        raise DataError(f"{where}: boxed answer field {key!r} must be a string, got {type(raw).__name__}")
+    boxed = grading.last_boxed(raw)
+    if boxed is None:
+        raise DataError(f"{where}: no complete \\boxed{{...}} in field {key!r} (answer_format boxed)")
+    return boxed
+
+
 def _answer(record: dict[str, Any], cfg: FileSourceConfig | HFSourceConfig, where: str) -> str:
     key = cfg.answer_field
     if key not in record:
         raise DataError(f"{where}: missing field {key!r}")
-    raw = _plain(record[key])
+    raw = _first_answer(_plain(record[key]), key, where)
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         raise DataError(f"{where}: empty answer (field {key!r})")
     try:
+        if cfg.answer_format == "boxed":
+            return grading.normalize_gold(_boxed(raw, key, where), "latex")
         return grading.normalize_gold(raw, cfg.answer_format)
     except ValueError as exc:
         raise DataError(f"{where}: bad {cfg.answer_format} answer {raw!r}: {exc}") from exc
