@@ -28,7 +28,6 @@ from prefect.client.schemas.objects import FlowRun
 from flows.stages import DEFAULT_TIMEOUT_S, StageFailed, StageTimeout, run_shard, stage_tags
 
 SHARD_FLOW = "genprm-shard"
-DEFAULT_DEPLOYMENT = f"{SHARD_FLOW}/shard"
 POLL_S = 2.0
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 

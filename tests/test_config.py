@@ -1,9 +1,11 @@
 """Tests for components.platform.config and components.platform.params: strict typed loading, overrides,
-describe."""
+describe, and per-stage loading."""
 
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import types
 import typing
 from pathlib import Path
@@ -15,15 +17,13 @@ import yaml
 from components.platform.config import (
     apply_overrides,
     build_config,
-    check_sections,
     describe,
-    load_stage_config,
     option,
     read_params,
     to_dict,
 )
 from components.platform.errors import ConfigError, GenPRMError
-from components.platform.params import SECTION_CLASSES, load_params, section_class, sections
+from components.platform.params import SECTION_CLASSES, load_params, load_value, section_class, sections
 from components.stages.bootstrap import BootstrapConfig
 from components.stages.prepare import PrepareConfig
 from components.world.synthetic import SyntheticConfig
@@ -90,7 +90,6 @@ def test_shipped_params_load_cleanly(repo_root: Path) -> None:
     for name, cls in sections().items():
         assert isinstance(params[name], cls)
     raw = read_params(repo_root / "params.yaml")
-    check_sections(raw, sections())  # the other validation path agrees
     assert set(raw) == set(SECTION_CLASSES), "params.yaml should spell out every section"
 
 
@@ -100,14 +99,25 @@ def test_shipped_params_round_trip(repo_root: Path) -> None:
         assert build_config(cls, to_dict(params[name]), name) == params[name]
 
 
-def test_load_stage_config_matches_load_params(repo_root: Path) -> None:
+def test_a_stage_loads_only_its_sections(repo_root: Path) -> None:
+    """A stage builds only the sections it runs, so loading them imports no other stage."""
     path = repo_root / "params.yaml"
     overrides = ["prepare.seed=3", "bootstrap.train.steps=5"]
-    params = load_params(path, overrides)
-    assert load_stage_config("prepare", PrepareConfig, path, overrides) == params["prepare"]
-    assert load_stage_config("bootstrap", BootstrapConfig, path, overrides) == params["bootstrap"]
-    assert params["prepare"].seed == 3
-    assert params["bootstrap"].train.steps == 5
+    params = load_params(path, overrides, ["bootstrap", "world"])
+    assert set(params) == {"bootstrap", "world"} and params["bootstrap"].train.steps == 5
+    assert load_value(path, overrides, "prepare.output_dir", str) == "data/prepared"
+    assert load_value(path, overrides, "prepare.seed", int) == 3
+    with pytest.raises(ConfigError, match=r"unknown params section 'bootstrapp'"):
+        load_params(path, [], ["bootstrapp"])
+    with pytest.raises(ConfigError, match=r"missing key 'prepare.nothing'"):
+        load_value(path, [], "prepare.nothing", str)
+    code = (
+        "import sys; from pathlib import Path; from components.platform.params import load_params; "
+        f"load_params(Path({str(path)!r}), [], ['rollout', 'quality']); "
+        "print(sorted(m for m in sys.modules if m.startswith('components.stages.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['components.stages.rollout']"
 
 
 # ------------------------------------------------------------------------------------ unknown keys
@@ -245,10 +255,9 @@ def test_literal_violation_names_the_choices(
 # ------------------------------------------------------------------------------ sections and the file
 
 
-def test_missing_section(params_file: Path) -> None:
+def test_missing_section_takes_defaults(params_file: Path) -> None:
     params_file.write_text(yaml.safe_dump({"world": {}}))
-    with pytest.raises(ConfigError, match=r"params\.yaml: missing section 'prepare'"):
-        load_stage_config("prepare", PrepareConfig, params_file)
+    assert load_params(params_file, [], ["prepare"])["prepare"] == PrepareConfig()
 
 
 def test_missing_required_key() -> None:
@@ -269,8 +278,6 @@ def test_unknown_section(params_file: Path) -> None:
         ConfigError, match=r"unknown section 'rolout' \(known: world, quality, prepare, bootstrap, rollout"
     ):
         load_params(params_file)
-    with pytest.raises(ConfigError, match=r"unknown params section 'rolout'"):
-        check_sections(read_params(params_file), sections())
 
 
 def test_unknown_section_from_override(params_file: Path) -> None:

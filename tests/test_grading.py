@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.method.grading import extract_answer, grade_many, is_equivalent, normalize_gold
+from components.method.grading import extract_answer, is_equivalent, normalize_gold
 
 # (unique_id, expected gold answer as stored, an equivalent rewrite a model might produce)
 EQUIVALENT = [
@@ -179,9 +179,3 @@ def test_is_equivalent_in_a_thread() -> None:
     thread.start()
     thread.join(timeout=120)
     assert results == [EXPECTED]
-
-
-def test_grade_many_in_calling_thread_and_process_pool() -> None:
-    assert grade_many(_sample_pairs()) == EXPECTED
-    assert grade_many(_sample_pairs(), processes=2) == EXPECTED
-    assert grade_many([], processes=2) == []

@@ -384,8 +384,12 @@ def test_merge_needs_every_shard(tiny_model: Path, tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     params = write_params(tmp_path, tiny_model, processbench_input=None)
     main(params, ["label.shard=0/2"])
-    with pytest.raises(DataError, match=r"labels-1of2\.parquet: shard 1/2 is missing"):
+    with pytest.raises(DataError, match=r"manifest-1of2\.json: shard 1/2 is missing"):
         main(params, ["label.shard=merge"])
+    main(params, ["label.shard=1/2", "label.threads=2"])  # threads do not change what a shard writes
+    with pytest.raises(DataError, match=r"manifest-0of2\.json: shard 0/2 was made with other settings"):
+        main(params, ["label.shard=merge", "label.epsilon=0.5"])
+    assert main(params, ["label.shard=merge"])["shards"] == 2
 
 
 def test_run_resumes_from_the_journal(tiny_backend: Backend, tmp_path: Path) -> None:

@@ -25,21 +25,18 @@ from conftest_backends import build_tiny_model
 
 from components.backends import Sample
 from components.data.io import read_parquet, write_parquet
-from components.data.journal import ShardSpec
 from components.data.records import ROLLOUT_COLUMNS, problems_to_frame, split_steps, validate_rollouts
 from components.platform.config import build_config
 from components.platform.errors import ConfigError, DataError, GenPRMError
 from components.stages.rollout import (
     RolloutConfig,
     SampledPath,
-    find_shards,
     is_balanced,
     main,
     make_path,
-    merge_shards,
     pass_rate,
     select_paths,
-    shard_path,
+    sharded,
 )
 from components.world.synthetic import SyntheticConfig, generate_problems, to_problem
 
@@ -243,8 +240,12 @@ def test_two_merged_shards_equal_one_run(
     assert not (tmp_path / "metrics" / "rollout.json").exists(), "a shard writes no final metrics"
     assert not (tmp_path / "data" / "rollout" / "rollouts.parquet").exists()
     out = tmp_path / "data" / "rollout"
-    assert find_shards(out) == [shard_path(out, ShardSpec(0, 2)), shard_path(out, ShardSpec(1, 2))]
-    pd.testing.assert_frame_equal(comparable(merge_shards(find_shards(out))), comparable(reference))
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "manifest-0of2.json",
+        "manifest-1of2.json",
+        "rollouts-0of2.parquet",
+        "rollouts-1of2.parquet",
+    ]
 
     merged_metrics = run_main(tmp_path, "rollout.shard=merge")
     assert merged_metrics["problems"] == NUM_PROBLEMS and merged_metrics["shards"] == 2
@@ -349,14 +350,15 @@ def test_validate_rollouts_names_file_column_and_row(tmp_path: Path) -> None:
 
 
 def test_merge_needs_every_shard(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="no shard tables"):
-        find_shards(tmp_path)
+    cfg = RolloutConfig(output_dir=str(tmp_path))
+    with pytest.raises(DataError, match="no shard outputs"):
+        sharded(cfg).shard_count()
     shards = tmp_path / "shards"
     shards.mkdir()
-    (shards / "rollouts-0of3.parquet").touch()
-    (shards / "rollouts-2of3.parquet").touch()
-    with pytest.raises(DataError, match=r"shard 1/3 is missing"):
-        find_shards(tmp_path)
-    (shards / "rollouts-1of2.parquet").touch()
+    (shards / "manifest-0of3.json").touch()
+    (shards / "manifest-2of3.json").touch()
+    with pytest.raises(DataError, match=r"manifest-1of3\.json: shard 1/3 is missing"):
+        sharded(cfg).shard_count()
+    (shards / "manifest-1of2.json").touch()
     with pytest.raises(DataError, match=r"different shard counts \[2, 3\]"):
-        find_shards(tmp_path)
+        sharded(cfg).shard_count()

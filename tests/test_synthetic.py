@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from components.data.records import join_steps, split_steps
+from components.data.records import split_steps
 from components.method.grading import extract_answer
 from components.method.prompts import solution_text
 from components.world.synthetic import (
@@ -109,7 +109,7 @@ def test_gold_solutions_are_true_chained_and_bounded(cfg: SyntheticConfig) -> No
             previous = result
         assert 1 <= problem.start <= cfg.start_max
         assert list(problem.values) == [problem.start, *(equation(s)[3] for s in steps)]
-        assert extract_answer(join_steps(steps)) == str(problem.answer) == str(previous)
+        assert extract_answer(solution_text(steps)) == str(problem.answer) == str(previous)
         assert steps[-1].endswith(f"\\boxed{{{problem.answer}}}.")
         assert all("\\boxed" not in s for s in steps[:-1])
 
@@ -198,7 +198,7 @@ def test_inject_error(problems: list[WorldProblem], kind: str) -> None:
                 assert holds(l_left, l_op, l_operand, l_result), "later steps compute correctly"
                 assert (l_op, l_operand) == equation(gold_later)[1:3]
                 previous = l_result
-            answer = extract_answer(join_steps(steps))
+            answer = extract_answer(solution_text(steps))
             assert answer == str(previous)
             assert answer != str(problem.answer), "the final answer is wrong"
     assert made >= 0.3 * tried, f"{kind}: only {made} of {tried} injections possible"
@@ -263,7 +263,7 @@ def test_processbench_record_round_trips() -> None:
 def test_split_join_round_trip(problems: list[WorldProblem]) -> None:
     for problem in problems[:50]:
         steps = gold_steps(problem)
-        text = join_steps(steps)
+        text = solution_text(steps)
         assert split_steps(text) == steps
         assert text == solution_text(steps), "the policy's format and the records' format agree"
         assert text.startswith("Step 1: ")

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from components.data.fingerprints import file_sha256 as file_sha256  # re-exported (was defined here)
+from components.data.fingerprints import model_fingerprint as model_fingerprint
 from components.platform.errors import ConfigError, DataError
 
 T = TypeVar("T")
@@ -37,29 +39,6 @@ def unit_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed from a base seed and a unit's identity, independent of processing order."""
     text = "\x1f".join(str(p) for p in (seed, *parts))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
-
-
-_HASH_LIMIT = 64 * 2**20  # model files larger than this are fingerprinted by name and size only
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file's content, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_fingerprint(model: str) -> Any:
-    """What identifies the model's weights: its files (name, size, hash) for a local dir, else its name."""
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return model
-    files = sorted((f, f.stat().st_size) for f in path.rglob("*") if f.is_file())
-    return [
-        (str(f.relative_to(path)), size, file_sha256(f) if size <= _HASH_LIMIT else "") for f, size in files
-    ]
 
 
 def fingerprint(*parts: Any) -> str:
@@ -88,30 +67,6 @@ class ShardSpec:
     @property
     def tag(self) -> str:
         return f"{self.index}of{self.count}"
-
-
-def complete_shard_count(shards_dir: Path, prefix: str) -> int:
-    """n of the one complete set of shard tables ``<prefix>-<i>of<n>.parquet`` in ``shards_dir``.
-
-    No shard tables, tables of different counts, or a missing shard is a DataError naming it.
-    """
-    pattern = re.compile(re.escape(prefix) + r"-(\d+)of(\d+)\.parquet")
-    found = {
-        (int(m[1]), int(m[2]))
-        for path in shards_dir.glob(f"{prefix}-*.parquet")
-        if (m := pattern.fullmatch(path.name))
-    }
-    if not found:
-        raise DataError(f"{shards_dir}: no shard tables ({prefix}-<i>of<n>.parquet) to merge")
-    counts = sorted({n for _, n in found})
-    if len(counts) > 1:
-        raise DataError(f"{shards_dir}: shard tables of different shard counts {counts}; remove stale ones")
-    count = counts[0]
-    missing = [i for i in range(count) if (i, count) not in found]
-    if missing:
-        table = shards_dir / f"{prefix}-{missing[0]}of{count}.parquet"
-        raise DataError(f"{table}: shard {missing[0]}/{count} is missing (run it, then merge)")
-    return count
 
 
 def shard(items: Iterable[T], spec: ShardSpec, key: Callable[[T], str]) -> list[T]:

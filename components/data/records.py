@@ -170,11 +170,6 @@ def split_steps(text: str, mode: StepSplit = "step_marker") -> list[str]:
     return [s for s in steps if s]
 
 
-def join_steps(steps: list[str]) -> str:
-    """Inverse of ``split_steps``: ``Step 1: a\\nStep 2: b``."""
-    return "\n".join(f"Step {i}: {s}" for i, s in enumerate(steps, start=1))
-
-
 def normalize_text(text: str) -> str:
     """Problem text for deduplication: lower case, runs of whitespace as one space, stripped."""
     return re.sub(r"\s+", " ", text).strip().lower()

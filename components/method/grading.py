@@ -8,8 +8,7 @@ compares gold and prediction with math-verify, gold first, as the paper does.
 math-verify bounds its parsing and comparison time with ``signal.alarm``, which only works in the main
 thread of the main interpreter; elsewhere it raises. ``is_equivalent`` therefore disables those timeouts
 when it runs outside the main thread (a Prefect task, a thread pool): correct there, but unbounded. Where
-time bounds matter, ``grade_many(pairs, processes=N)`` grades in worker processes, whose main threads
-keep the timeouts.
+time bounds matter, grade in the main thread or in worker processes (whose main threads keep them).
 """
 
 from __future__ import annotations
@@ -17,10 +16,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
-from multiprocessing import get_context
 from typing import Any, Literal
 
 GoldFormat = Literal["auto", "gsm8k", "float", "latex", "plain"]
@@ -219,21 +215,3 @@ def is_equivalent(gold: str, predicted: str | None) -> bool:
     if not gold_parsed or not pred_parsed:
         return False
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=limit))
-
-
-def _grade_pair(pair: tuple[str, str | None]) -> bool:
-    return is_equivalent(pair[0], pair[1])
-
-
-def grade_many(pairs: Sequence[tuple[str, str | None]], processes: int = 0) -> list[bool]:
-    """Grade ``(gold, predicted)`` pairs, in ``processes`` spawned workers when > 1, else in this thread.
-
-    Workers grade in their main thread, so math-verify's timeouts stay on even when the caller is a
-    thread (Prefect task). Spawned (not forked) workers are safe next to threads and torch.
-    """
-    if processes <= 1 or len(pairs) < 2:
-        return [_grade_pair(pair) for pair in pairs]
-    workers = min(processes, len(pairs))
-    chunk = max(1, len(pairs) // (workers * 4))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        return list(pool.map(_grade_pair, list(pairs), chunksize=chunk))

@@ -5,7 +5,7 @@ section checks it strictly: an unknown key, a missing required key or a value of
 ``ConfigError`` naming the section and the key. Overrides ``section.key=value`` (the CLI's ``--set``,
 Prefect flow parameters) are parsed as YAML scalars and applied before validation.
 
-    cfg = load_stage_config("prepare", PrepareConfig, Path("params.yaml"), ["prepare.seed=3"])
+    cfg = build_config(PrepareConfig, read_params(Path("params.yaml"))["prepare"], "prepare")
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import yaml
 from components.platform.errors import ConfigError
 
 T = TypeVar("T")
-
-DEFAULT_PARAMS = Path("params.yaml")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, **kwargs: Any) -> Any:
@@ -98,13 +96,13 @@ def build_config(cls: type[T], data: Any, where: str) -> T:
     values: dict[str, Any] = {}
     for name, field in fields.items():
         if name in data:
-            values[name] = _coerce(hints[name], data[name], f"{where}.{name}")
+            values[name] = coerce_value(hints[name], data[name], f"{where}.{name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing required key {name!r}")
     return cls(**values)
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def coerce_value(hint: Any, value: Any, where: str) -> Any:
     """Check ``value`` against the type ``hint``; ints are accepted where floats are expected."""
     origin = get_origin(hint)
     if origin is Literal:
@@ -120,7 +118,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(arg, value, where)
+                return coerce_value(arg, value, where)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
@@ -128,13 +126,16 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item_hint, *_) = get_args(hint) or (Any,)
-        items = [_coerce(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [coerce_value(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         key_hint, val_hint = get_args(hint) or (Any, Any)
-        return {_coerce(key_hint, k, where): _coerce(val_hint, v, f"{where}.{k}") for k, v in value.items()}
+        return {
+            coerce_value(key_hint, k, where): coerce_value(val_hint, v, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if dataclasses.is_dataclass(hint):
         return build_config(hint, value, where)  # type: ignore[arg-type]
     return _coerce_scalar(hint, value, where)
@@ -157,24 +158,6 @@ def _coerce_scalar(hint: Any, value: Any, where: str) -> Any:
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
-
-
-def load_stage_config(
-    section: str, cls: type[T], params_path: Path = DEFAULT_PARAMS, overrides: list[str] | None = None
-) -> T:
-    """Load one stage's config from its section of ``params_path`` with ``overrides`` applied."""
-    params = apply_overrides(read_params(params_path), overrides or [])
-    if section not in params:
-        raise ConfigError(f"{params_path}: missing section {section!r}")
-    return build_config(cls, params[section], section)
-
-
-def check_sections(params: dict[str, Any], known: dict[str, type]) -> None:
-    """Validate every section of ``params`` against ``known``; an unknown section is an error."""
-    for section, value in params.items():
-        if section not in known:
-            raise ConfigError(f"unknown params section {section!r} (known: {', '.join(sorted(known))})")
-        build_config(known[section], value, section)
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -172,8 +172,8 @@ def bon_problem_sets(cfg: BestOfNConfig) -> dict[str, list[Any]]:
 def sample_solutions(cfg: BestOfNConfig, problems: list[Any]) -> list[list[Any]]:
     """max(n_values) graded policy samples per problem."""
     from components.backends.base import GenerationRequest, SamplingParams, make_backend
+    from components.method.paths import make_path
     from components.method.prompts import STEP_PREFILL, chat_messages
-    from components.stages.rollout import make_path
 
     n = max(cfg.n_values)
     params = SamplingParams(n=n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
@@ -283,7 +283,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     from components.method.processbench import as_percent
     from components.platform.params import load_params
 
-    cfg: BenchmarkConfig = load_params(params_path, overrides)["benchmark"]
+    cfg: BenchmarkConfig = load_params(params_path, overrides, ["benchmark"])["benchmark"]
     if cfg.threads > 0:
         import torch
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from components.method.prompts import GENPRM_SYSTEM_PROMPT, POLICY_SYSTEM_PROMPT, solution_text
 from components.platform.config import option, section
+from components.world.pretrain import EvalConfig, TrainConfig
 from components.world.smallmodel import ModelConfig
 from components.world.synthetic import (
     ERROR_KINDS,
@@ -35,38 +36,6 @@ from components.world.synthetic import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Pretraining loop settings."""
-
-    steps: int = option(1000, help="Optimizer steps.")
-    batch_size: int = option(32, help="Sequences per optimizer step.")
-    lr: float = option(3e-3, help="Peak learning rate (AdamW).")
-    min_lr_ratio: float = option(0.1, help="Final learning rate as a fraction of the peak (cosine decay).")
-    warmup_steps: int = option(50, help="Linear warm-up steps.")
-    weight_decay: float = option(0.01, help="AdamW weight decay.")
-    loss_on: str = option("solution", help="'solution' (assistant turn only) or 'all' tokens.")
-    log_every: int = option(50, help="Log and record the loss every this many steps.")
-    whole_text_fraction: float = option(
-        0.5,
-        help="Fraction of examples tokenized as one piece after the prompt (as step prefixes are when "
-        "prefilled); the rest are split after 'Step 1: ' (as a rollout's prompt and generation are).",
-    )
-    bf16_autocast: bool = option(
-        True, help="Run forward/backward under bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX)."
-    )
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How the policy is measured after training."""
-
-    num_problems: int = option(200, help="Held-out synthetic problems to solve.")
-    temperature: float = option(0.7, help="Sampling temperature of the policy measurement.")
-    max_new_tokens: int = option(160, help="Generation budget per solution.")
-    batch_size: int = option(64, help="Generation batch size.")
 
 
 @dataclass(frozen=True)
@@ -172,11 +141,11 @@ def held_out_texts(prepared_dir: Path) -> set[str]:
 def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     """Entry point for dvc, flows and the CLI: read params, train, save, write metrics and plots."""
     from components.data.io import write_json
-    from components.platform.params import load_params
+    from components.platform.params import load_params, load_value
 
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, ["bootstrap", "world"])
     cfg: BootstrapConfig = params["bootstrap"]
-    exclude = held_out_texts(Path(params["prepare"].output_dir))
+    exclude = held_out_texts(Path(load_value(params_path, overrides, "prepare.output_dir", str)))
     out_dir = Path(cfg.output_dir)
     tmp_dir = out_dir.with_name(out_dir.name + ".partial")
     metrics = run(cfg, params["world"], exclude, tmp_dir)

@@ -28,7 +28,6 @@ from the same MC values, next to hard-MC).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -42,13 +41,10 @@ from components.backends import Backend, BackendConfig, make_backend
 from components.data.journal import (
     Journal,
     ShardSpec,
-    complete_shard_count,
-    file_sha256,
-    fingerprint,
-    model_fingerprint,
     shard,
 )
 from components.data.quality import QualityConfig, check
+from components.data.shards import ShardedStage, run_fingerprint
 from components.method.metrics import first_error_from_labels, processbench_f1
 from components.method.montecarlo import Estimate, PathInput, Unit, estimate, hard_labels, rpe_labels
 from components.platform.config import option, section, to_dict
@@ -312,56 +308,42 @@ def write_final(
 # ------------------------------------------------------------------------------------- shards and I/O
 
 
-def shard_files(output_dir: Path | str, tag: str) -> dict[str, Path]:
-    """A shard's outputs under ``<output_dir>/shards/``: both tables and its metrics (by kind)."""
-    base = Path(output_dir) / "shards"
-    files = {kind: base / f"{name}-{tag}.parquet" for kind, name in TABLES.items()}
-    return {**files, "metrics": base / f"metrics-{tag}.json"}
+KIND_OF_TABLE = {name: kind for kind, name in TABLES.items()}
 
 
-def find_shard_count(output_dir: Path | str) -> int:
-    """n of the complete set of shard outputs; none, mixed counts or a missing shard is a DataError."""
-    count = complete_shard_count(Path(output_dir) / "shards", "labels")
-    for i in range(count):
-        for path in shard_files(output_dir, f"{i}of{count}").values():
-            if not path.exists():
-                raise DataError(f"{path}: shard {i}/{count} is missing (run it, then merge)")
-    return count
+def sharded(cfg: LabelConfig) -> ShardedStage:
+    """The label stage's shard outputs: both tables, rows named by their unit (``<kind>:<problem_id>``)."""
+    return ShardedStage(
+        Path(cfg.output_dir),
+        tuple(TABLES.values()),
+        lambda table, frame: KIND_OF_TABLE[table] + ":" + frame["problem_id"].astype(str),
+    )
 
 
 def merge(cfg: LabelConfig, quality_cfg: QualityConfig, units: list[Unit]) -> dict[str, Any]:
     """``shard: merge``: the n shard outputs, in canonical unit order -> the final tables and metrics."""
-    from components.data.io import read_parquet
-
-    count = find_shard_count(cfg.output_dir)
-    parts = [shard_files(cfg.output_dir, f"{i}of{count}") for i in range(count)]
-    frames = {}
+    stage = sharded(cfg)
+    merged, shard_metrics = stage.merge(stage_fingerprint(cfg), [u.key for u in units])
+    frames = {kind: merged[name] for kind, name in TABLES.items()}
     for kind in TABLES:
-        merged = pd.concat([read_parquet(p[kind]) for p in parts], ignore_index=True)
-        position = {u.problem_id: i for i, u in enumerate(units) if u.kind == kind}
-        order = merged["problem_id"].map(position).fillna(len(position))
-        frames[kind] = merged.iloc[order.argsort(kind="stable")].reset_index(drop=True)
         expected = [p.path_id for u in units if u.kind == kind for p in u.paths]
         if list(frames[kind]["path_id"]) != expected:
-            raise DataError(f"{parts[0][kind].parent}: the {kind} shards do not hold every path exactly once")
-    seconds = sum(float(json.loads(p["metrics"].read_text()).get("seconds", 0.0)) for p in parts)
-    return write_final(cfg, quality_cfg, frames, seconds, count)
+            raise DataError(f"{stage.shards_dir}: the {kind} shards do not hold every path exactly once")
+    seconds = sum(float(m.get("seconds", 0.0)) for m in shard_metrics)
+    return write_final(cfg, quality_cfg, frames, seconds, len(shard_metrics))
 
 
-def run_fingerprint(cfg: LabelConfig) -> str:
-    """What a journal's progress depends on: the config (threads aside), input files and model files."""
-
-    settings = {k: v for k, v in to_dict(cfg).items() if k != "threads"}
-    inputs = [file_sha256(Path(p)) for p in (cfg.input, cfg.processbench_input) if p]
-    return fingerprint(settings, inputs, model_fingerprint(cfg.completer.model))
+def stage_fingerprint(cfg: LabelConfig) -> str:
+    """What a journal's progress depends on: the config, the input files and the completer's weights."""
+    inputs = [Path(p) for p in (cfg.input, cfg.processbench_input) if p]
+    return run_fingerprint(to_dict(cfg), inputs, [cfg.completer.model])
 
 
 def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     """Entry point for dvc, flows and the CLI: label one shard (or merge), write outputs atomically."""
-    from components.data.io import write_json, write_parquet
     from components.platform.params import load_params
 
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, ["label", "quality"])
     cfg: LabelConfig = params["label"]
     if cfg.threads > 0:
         import torch
@@ -373,16 +355,15 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
         return merge(cfg, params["quality"], units)
     spec = ShardSpec.parse(cfg.shard, "label.shard")
     mine = shard(units, spec, key=lambda u: u.key)
-    journal = Journal(Path(cfg.output_dir) / f".progress-{spec.tag}.jsonl", run_fingerprint(cfg))
+    stage, fp = sharded(cfg), stage_fingerprint(cfg)
+    journal = stage.journal(spec, fp)
     frames = tables(run(cfg, mine, journal))
     seconds = time.perf_counter() - started
     if spec.count == 1:
         metrics = write_final(cfg, params["quality"], frames, seconds, shards=1)
     else:
-        files = shard_files(cfg.output_dir, spec.tag)
-        for kind in TABLES:
-            write_parquet(files[kind], frames[kind])
         metrics = {kind: table_summary(frames[kind]) for kind in TABLES} | {"seconds": round(seconds, 1)}
-        write_json(files["metrics"], metrics)
+        named = {TABLES[kind]: frame for kind, frame in frames.items()}
+        stage.write_shard(spec, fp, named, [u.key for u in mine], metrics)
     journal.remove()
     return metrics

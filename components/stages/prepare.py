@@ -146,7 +146,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     from components.data.records import problems_to_frame
     from components.platform.params import load_params
 
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, ["prepare", "world", "quality"])
     cfg: PrepareConfig = params["prepare"]
     data = run(cfg, params["world"])
     out = Path(cfg.output_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +95,12 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     import logging
 
     from components.data.io import write_json
-    from components.platform.params import load_params
+    from components.method.scorer import ScorerConfig
+    from components.platform.params import load_params, load_value
     from components.platform.tracking import tracking_uri
 
-    params = load_params(params_path, overrides)
-    cfg: RegisterConfig = params["register"]
-    settings = to_dict(replace(params["benchmark"].genprm))
+    cfg: RegisterConfig = load_params(params_path, overrides, ["register"])["register"]
+    settings = to_dict(load_value(params_path, overrides, "benchmark.genprm", ScorerConfig))
     result = register(cfg, settings, tracking_uri(Path(".")))
     logging.getLogger(__name__).info(
         "%s v%s: %s (%s)", cfg.name, result["version"], result["decision"], result["reason"]

@@ -20,16 +20,17 @@ composition of a batch (padding, order) changes the samples, and which shard a p
 not. So one run, an interrupted and resumed run, and n merged shards give the same table.
 
 Crash safety: each finished problem is one line of ``<output_dir>/.progress-<i>of<n>.jsonl`` (a
-``Journal`` whose fingerprint covers the config, the input file and the model files); a restarted run
-skips the problems found there. The table is written atomically at the end and the journal removed.
+``Journal`` whose fingerprint covers the config, the input file and the model files, not threads); a
+restarted run skips the problems found there. The table is written atomically at the end and the journal
+removed.
 
 Outputs: the rollout table (``components.data.records.ROLLOUT_COLUMNS``, one row per sampled path) and
-``metrics/rollout.json`` (per shard: ``<output_dir>/shards/metrics-<i>of<n>.json``).
+``metrics/rollout.json``; a shard writes ``<output_dir>/shards/rollouts-<i>of<n>.parquet`` and its
+manifest (``components/data/shards.py``: one naming scheme and merge for every sharded stage).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -42,22 +43,14 @@ from components.backends import (
     Backend,
     BackendConfig,
     GenerationRequest,
-    Sample,
     SamplingParams,
     make_backend,
 )
-from components.data.journal import (
-    Journal,
-    ShardSpec,
-    complete_shard_count,
-    file_sha256,
-    fingerprint,
-    model_fingerprint,
-    shard,
-    unit_seed,
-)
+from components.data.journal import Journal, ShardSpec, shard, unit_seed
 from components.data.quality import QualityConfig, check
-from components.data.records import ROLLOUT_COLUMNS, Problem, StepSplit, split_steps, validate_rollouts
+from components.data.records import ROLLOUT_COLUMNS, Problem, StepSplit, validate_rollouts
+from components.data.shards import ShardedStage, run_fingerprint
+from components.method.paths import SampledPath, make_path
 from components.platform.config import option, section, to_dict
 from components.platform.errors import ConfigError
 
@@ -114,45 +107,7 @@ class RolloutConfig:
             ShardSpec.parse(self.shard, "rollout.shard")
 
 
-@dataclass(frozen=True)
-class SampledPath:
-    """One sampled solution of a problem, graded; ``index`` is its position among the problem's paths."""
-
-    index: int
-    round: int
-    text: str
-    steps: list[str]
-    answer: str | None
-    correct: bool
-    valid: bool
-    finish_reason: str
-    num_prompt_tokens: int = 0
-    num_generated_tokens: int = 0
-
-
 # ------------------------------------------------------------------------------------ paths and balance
-
-
-def make_path(index: int, round_: int, sample: Sample, gold: str, mode: StepSplit) -> SampledPath:
-    """Grade one sample: text = prefill + generated text, its steps, answer, correctness, validity."""
-    from components.method.grading import extract_answer, is_equivalent
-    from components.method.prompts import STEP_PREFILL
-
-    text = STEP_PREFILL + sample.text
-    steps = split_steps(text, mode)
-    answer = extract_answer(text)
-    return SampledPath(
-        index=index,
-        round=round_,
-        text=text,
-        steps=steps,
-        answer=answer,
-        correct=is_equivalent(gold, answer),
-        valid=sample.finish_reason == "stop" and len(steps) >= 2,
-        finish_reason=sample.finish_reason,
-        num_prompt_tokens=sample.num_prompt_tokens,
-        num_generated_tokens=sample.num_generated_tokens,
-    )
 
 
 def _valid_split(paths: list[SampledPath]) -> tuple[list[int], list[int]]:
@@ -290,69 +245,59 @@ def summarize(frame: pd.DataFrame) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ shards and I/O
 
 
-def shard_path(output_dir: Path | str, spec: ShardSpec) -> Path:
-    """Where shard ``spec`` writes its table: ``<output_dir>/shards/rollouts-<i>of<n>.parquet``."""
-    return Path(output_dir) / "shards" / f"rollouts-{spec.tag}.parquet"
+def sharded(cfg: RolloutConfig) -> ShardedStage:
+    """The rollout's shard outputs: one table, rows named by their problem."""
+    return ShardedStage(Path(cfg.output_dir), ("rollouts",), lambda _table, frame: frame["problem_id"])
 
 
-def shard_metrics_path(table: Path) -> Path:
-    """The metrics file written next to a shard table: ``metrics-<i>of<n>.json``."""
-    return table.with_name(table.name.replace("rollouts-", "metrics-", 1).removesuffix(".parquet") + ".json")
-
-
-def find_shards(output_dir: Path | str) -> list[Path]:
-    """The n shard tables under ``output_dir``, in shard order; a missing or stray shard is a DataError."""
-    count = complete_shard_count(Path(output_dir) / "shards", "rollouts")
-    return [shard_path(output_dir, ShardSpec(i, count)) for i in range(count)]
-
-
-def merge_shards(paths: list[Path]) -> pd.DataFrame:
-    """Concatenate shard tables in input-problem order: exactly the table one unsharded run writes."""
-    from components.data.io import read_parquet
-
-    frames = [validate_rollouts(read_parquet(path), path) for path in paths]
-    nonempty = [f for f in frames if len(f)] or frames[:1] or [rollout_frame([])]
-    merged = pd.concat(nonempty, ignore_index=True)
-    merged = merged.sort_values("problem_index", kind="stable").reset_index(drop=True)
-    return validate_rollouts(merged, "merged shards: " + ", ".join(str(p) for p in paths))
-
-
-def load_work(cfg: RolloutConfig, spec: ShardSpec) -> list[tuple[int, Problem]]:
-    """This shard's (input position, problem) pairs of the first ``max_problems`` input problems."""
+def load_problems(cfg: RolloutConfig) -> list[Problem]:
+    """The first ``max_problems`` input problems, in input order (the canonical unit order)."""
     from components.data.io import read_parquet
     from components.data.records import problems_from_frame
 
     path = Path(cfg.input)
-    problems = problems_from_frame(read_parquet(path), path)[: cfg.max_problems]
-    return shard(list(enumerate(problems)), spec, key=lambda item: item[1].id)
+    return problems_from_frame(read_parquet(path), path)[: cfg.max_problems]
 
 
-def merge_main(cfg: RolloutConfig, quality: QualityConfig) -> dict[str, Any]:
-    """``shard: merge``: combine the shard tables into the final table and metrics (checked first)."""
+def load_work(cfg: RolloutConfig, spec: ShardSpec) -> list[tuple[int, Problem]]:
+    """This shard's (input position, problem) pairs of the first ``max_problems`` input problems."""
+    return shard(list(enumerate(load_problems(cfg))), spec, key=lambda item: item[1].id)
+
+
+def stage_fingerprint(cfg: RolloutConfig) -> str:
+    """What the rollout's output depends on: its settings, the input table and the policy's weights."""
+    return run_fingerprint(to_dict(cfg), [Path(cfg.input)], [cfg.policy.model])
+
+
+def write_final(
+    cfg: RolloutConfig, quality: QualityConfig, frame: pd.DataFrame, metrics: dict[str, Any]
+) -> None:
+    """Check, then write the final table and ``metrics/rollout.json``."""
     from components.data.io import write_json, write_parquet
 
-    paths = find_shards(cfg.output_dir)
-    frame = merge_shards(paths)
-    seconds = 0.0
-    for path in paths:
-        shard_metrics = shard_metrics_path(path)
-        if shard_metrics.exists():
-            seconds += float(json.loads(shard_metrics.read_text()).get("seconds", 0.0))
-    metrics = {**summarize(frame), "shards": len(paths), "seconds": round(seconds, 1)}
     table = Path(cfg.output_dir) / "rollouts.parquet"
     metrics["quality"] = check("rollouts", frame, quality, source=table)
     write_parquet(table, frame)
     write_json(METRICS_PATH, metrics)
-    log.info("rollout: merged %d shards: %s", len(paths), metrics)
+
+
+def merge_main(cfg: RolloutConfig, quality: QualityConfig) -> dict[str, Any]:
+    """``shard: merge``: combine the shard tables into the final table and metrics (checked first)."""
+    units = [problem.id for problem in load_problems(cfg)]
+    frames, shard_metrics = sharded(cfg).merge(stage_fingerprint(cfg), units)
+    frame = validate_rollouts(frames["rollouts"], f"merged shards in {sharded(cfg).shards_dir}")
+    seconds = sum(float(m.get("seconds", 0.0)) for m in shard_metrics)
+    metrics = {**summarize(frame), "shards": len(shard_metrics), "seconds": round(seconds, 1)}
+    write_final(cfg, quality, frame, metrics)
+    log.info("rollout: merged %d shards: %s", len(shard_metrics), metrics)
     return metrics
 
 
 def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     """Entry point for dvc, flows and the CLI: roll out one shard (or merge), write outputs atomically."""
-    from components.data.io import write_json, write_parquet
     from components.platform.params import load_params
 
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, ["rollout", "quality"])
     cfg: RolloutConfig = params["rollout"]
     if cfg.threads > 0:
         import torch
@@ -363,19 +308,14 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     spec = ShardSpec.parse(cfg.shard, "rollout.shard")
     work = load_work(cfg, spec)
-    out = Path(cfg.output_dir)
-    stamp = fingerprint(to_dict(cfg), file_sha256(Path(cfg.input)), model_fingerprint(cfg.policy.model))
-    journal = Journal(out / f".progress-{spec.tag}.jsonl", stamp)
+    stage, fp = sharded(cfg), stage_fingerprint(cfg)
+    journal = stage.journal(spec, fp)
     frame = run(cfg, work, journal)
     metrics = {**summarize(frame), "shards": spec.count, "seconds": round(time.perf_counter() - started, 1)}
     if spec.count == 1:
-        metrics["quality"] = check("rollouts", frame, params["quality"], source=out / "rollouts.parquet")
-        write_parquet(out / "rollouts.parquet", frame)
-        write_json(METRICS_PATH, metrics)
+        write_final(cfg, params["quality"], frame, metrics)
     else:
-        table = shard_path(out, spec)
-        write_parquet(table, frame)
-        write_json(shard_metrics_path(table), metrics)
+        stage.write_shard(spec, fp, {"rollouts": frame}, [problem.id for _, problem in work], metrics)
     journal.remove()
     log.info("rollout %s: %s", spec.tag, metrics)
     return metrics

@@ -246,7 +246,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     from components.data.io import write_json
     from components.platform.params import load_params
 
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, ["synthesize", "quality"])
     cfg: SynthesizeConfig = params["synthesize"]
     started = time.perf_counter()
     frame = load_paths(cfg)

@@ -349,7 +349,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     from components.data.io import write_json
     from components.platform.params import load_params
 
-    cfg: TrainConfig = load_params(params_path, overrides)["train"]
+    cfg: TrainConfig = load_params(params_path, overrides, ["train"])["train"]
     if not cfg.data_path.exists():  # fail before loading the model
         key = "input" if cfg.variant == "genprm" else "direct_input"
         raise DataError(f"{cfg.data_path}: file not found (train.{key})")

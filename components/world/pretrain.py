@@ -11,23 +11,56 @@ from __future__ import annotations
 import logging
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from components.method.prompts import STEP_PREFILL, chat_messages
+from components.platform.config import option
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-    from components.stages.bootstrap import EvalConfig, TrainConfig
     from components.world.synthetic import WorldProblem
 
 log = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Pretraining loop settings."""
+
+    steps: int = option(1000, help="Optimizer steps.")
+    batch_size: int = option(32, help="Sequences per optimizer step.")
+    lr: float = option(3e-3, help="Peak learning rate (AdamW).")
+    min_lr_ratio: float = option(0.1, help="Final learning rate as a fraction of the peak (cosine decay).")
+    warmup_steps: int = option(50, help="Linear warm-up steps.")
+    weight_decay: float = option(0.01, help="AdamW weight decay.")
+    loss_on: str = option("solution", help="'solution' (assistant turn only) or 'all' tokens.")
+    log_every: int = option(50, help="Log and record the loss every this many steps.")
+    whole_text_fraction: float = option(
+        0.5,
+        help="Fraction of examples tokenized as one piece after the prompt (as step prefixes are when "
+        "prefilled); the rest are split after 'Step 1: ' (as a rollout's prompt and generation are).",
+    )
+    bf16_autocast: bool = option(
+        True, help="Run forward/backward under bfloat16 autocast (faster on CPUs with AVX512-BF16/AMX)."
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the policy is measured after training."""
+
+    num_problems: int = option(200, help="Held-out synthetic problems to solve.")
+    temperature: float = option(0.7, help="Sampling temperature of the policy measurement.")
+    max_new_tokens: int = option(160, help="Generation budget per solution.")
+    batch_size: int = option(64, help="Generation batch size.")
 
 
 def encode_example(

@@ -1,0 +1,95 @@
+"""Tests for components.data.shards: one naming scheme, one fingerprint rule, a merge that refuses strays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.data.journal import ShardSpec, shard
+from components.data.shards import ShardedStage, output_settings, run_fingerprint
+from components.platform.errors import DataError
+
+UNITS = [f"u{i}" for i in range(5)]
+
+
+def stage(tmp_path: Path) -> ShardedStage:
+    return ShardedStage(tmp_path, ("rows", "extra"), lambda _table, frame: frame["unit"])
+
+
+def frames_of(units: list[str]) -> dict[str, pd.DataFrame]:
+    rows = [{"unit": u, "n": i} for u in units for i in range(2)]
+    return {"rows": pd.DataFrame(rows), "extra": pd.DataFrame([{"unit": u} for u in units])}
+
+
+def write_all(target: ShardedStage, count: int, fp: str = "fp") -> None:
+    for index in range(count):
+        spec = ShardSpec(index, count)
+        mine = shard(UNITS, spec, key=str)
+        target.write_shard(spec, fp, frames_of(mine), mine, {"seconds": 1.5})
+
+
+def test_merge_restores_the_canonical_order(tmp_path: Path) -> None:
+    target = stage(tmp_path)
+    write_all(target, 3)
+    merged, metrics = target.merge("fp", UNITS)
+    pd.testing.assert_frame_equal(merged["rows"], frames_of(UNITS)["rows"])
+    pd.testing.assert_frame_equal(merged["extra"], frames_of(UNITS)["extra"])
+    assert [m["seconds"] for m in metrics] == [1.5, 1.5, 1.5]
+    assert sorted(p.name for p in target.shards_dir.iterdir())[:3] == [
+        "extra-0of3.parquet",
+        "extra-1of3.parquet",
+        "extra-2of3.parquet",
+    ]
+
+
+def test_merge_refuses_other_settings_naming_the_shard(tmp_path: Path) -> None:
+    target = stage(tmp_path)
+    write_all(target, 2)
+    spec = ShardSpec(1, 2)
+    mine = shard(UNITS, spec, key=str)
+    target.write_shard(spec, "other", frames_of(mine), mine, {})
+    with pytest.raises(DataError, match=r"manifest-1of2\.json: shard 1/2 was made with other settings"):
+        target.merge("fp", UNITS)
+
+
+def test_merge_refuses_missing_and_extra_units(tmp_path: Path) -> None:
+    target = stage(tmp_path)
+    write_all(target, 2)
+    spec = ShardSpec(0, 2)
+    mine = shard(UNITS, spec, key=str)
+    target.write_shard(spec, "fp", frames_of(mine[:-1]), mine[:-1], {})
+    with pytest.raises(
+        DataError, match=r"manifest-0of2\.json: shard 0/2 does not hold its share: missing unit"
+    ):
+        target.merge("fp", UNITS)
+    target.write_shard(spec, "fp", frames_of([*mine, "u9"]), [*mine, "u9"], {})
+    with pytest.raises(DataError, match=r"unexpected unit 'u9'"):
+        target.merge("fp", UNITS)
+    # rows of a unit the manifest does not list
+    target.write_shard(spec, "fp", frames_of([*mine, "u1"]), mine, {})
+    with pytest.raises(DataError, match=r"rows-0of2\.parquet: rows of unit 'u1'"):
+        target.merge("fp", UNITS)
+
+
+def test_merge_refuses_a_missing_table(tmp_path: Path) -> None:
+    target = stage(tmp_path)
+    write_all(target, 2)
+    target.table_path("extra", ShardSpec(1, 2)).unlink()
+    with pytest.raises(DataError, match=r"extra-1of2\.parquet: shard 1/2 is missing its extra table"):
+        target.merge("fp", UNITS)
+
+
+def test_one_fingerprint_rule(tmp_path: Path) -> None:
+    data = tmp_path / "in.txt"
+    data.write_text("a")
+    base = {"seed": 1, "threads": 2, "policy": {"model": "m", "batch_size": 8}, "shard": "0/2"}
+    fp = run_fingerprint(base, [data], ["some/hub-id"])
+    same = {**base, "threads": 8, "shard": "1/2", "policy": {"model": "m", "batch_size": 64}}
+    assert run_fingerprint(same, [data], ["some/hub-id"]) == fp, "runtime settings stay out"
+    assert run_fingerprint({**base, "seed": 2}, [data], ["some/hub-id"]) != fp
+    assert run_fingerprint(base, [data], ["other/hub-id"]) != fp
+    data.write_text("b")
+    assert run_fingerprint(base, [data], ["some/hub-id"]) != fp, "input content is in"
+    assert output_settings(base) == {"seed": 1, "policy": {"model": "m"}}
