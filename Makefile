@@ -1,6 +1,7 @@
 # The two front-door commands (see README.md):
-#   make run   - set up .venv and run the offline pipeline end to end (dvc repro)
-#   make test  - set up .venv and run lint, type checks and the whole test suite
+#   make run   - set up .venv with what the pipeline needs and run it end to end (dvc repro)
+#   make test  - set up .venv with the test tools too, then lint, type checks and the whole test suite
+#   make lock  - refresh requirements/*.lock from pyproject.toml's ranges (then `make test`)
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
@@ -9,12 +10,19 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test lint typecheck pytest
+.PHONY: setup setup-run setup-test run test lint typecheck pytest lock
 
-setup:
-	@bash scripts/setup.sh
+# requirements/run.lock only: no dev tools, no system packages (tests/test_setup.py checks it)
+setup-run:
+	@bash scripts/setup.sh run
 
-run: setup
+# requirements/test.lock, and Debian's chromium and postgresql for their tests when missing
+setup-test:
+	@bash scripts/setup.sh test
+
+setup: setup-test
+
+run: setup-run
 	@echo "run: dvc repro (offline small world; stages already up to date are skipped)"
 	dvc repro
 	@echo "run: metrics"
@@ -30,4 +38,7 @@ typecheck:
 pytest:
 	python -m pytest
 
-test: setup lint typecheck pytest
+test: setup-test lint typecheck pytest
+
+lock:
+	.venv/bin/python scripts/lock.py
