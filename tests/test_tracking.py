@@ -196,3 +196,39 @@ def test_transformers_mlflow_callback_logs_into_the_stage_run(project: Path, tmp
     assert stage.info.run_id == run.run_id and stage.info.status == "FINISHED"
     assert stage.data.metrics["train_loss"] == 0.75
     assert stage.data.params["learning_rate"] == "0.123"
+
+
+def test_process_run_uses_the_stage_defaults_and_resumes_a_launched_run(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stage logs to one place: a trainer or the registry outside a stage run (notebooks, tests)
+    opens its run in the same store and experiment, and under ``accelerate launch`` the child resumes
+    the stage's run named by ``MLFLOW_RUN_ID``."""
+    import mlflow
+
+    with tracking.process_run("train-genprm", {"genprm.stage": "train"}) as run_id:
+        assert run_id is not None and mlflow.active_run() is not None
+        mlflow.log_metric("loss", 0.5)
+    assert mlflow.active_run() is None
+    runs = _runs(project)  # mlflow.db at the project root, experiment "genprm"
+    assert (
+        runs["train-genprm"].info.run_id == run_id
+        and runs["train-genprm"].data.tags["genprm.stage"] == "train"
+    )
+
+    with tracking.stage_run("bootstrap", Path("params.yaml"), None) as stage:
+        pass
+    mlflow.end_run()
+    monkeypatch.setenv("MLFLOW_RUN_ID", str(stage.run_id))
+    with tracking.process_run("ignored") as resumed:
+        mlflow.log_metric("child_loss", 0.25)
+    assert resumed == stage.run_id
+    assert _client(project).get_run(str(stage.run_id)).data.metrics["child_loss"] == 0.25
+    assert "ignored" not in _runs(project)
+
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)  # mlflow itself may have consumed it
+    monkeypatch.setenv(tracking.ENV_ENABLED, "0")
+    with tracking.process_run("off") as off:
+        assert off is None
+    with tracking.process_run("register", required=True) as needed:
+        assert needed is not None

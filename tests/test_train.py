@@ -319,14 +319,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @pytest.mark.slow
-def test_stage_trains_saves_and_logs_to_mlflow(project: Path, tiny_model: Path) -> None:
+def test_stage_trains_saves_and_logs_to_mlflow(
+    project: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from components.stages.train import main
 
+    # No run active and no MLflow settings: the train stage logs where every stage does (the tracking
+    # adapter's defaults: mlflow.db at the project root, experiment "genprm").
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     settings = dict(base_model=str(tiny_model), max_steps=6, logging_steps=2, batch_size=4, lr=1e-3)
-    params = write_params(project, **settings, experiment_name="train-test")
+    params = write_params(project, **settings)
     metrics = main(params, [])
     out = project / "models/genprm"
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -346,13 +352,13 @@ def test_stage_trains_saves_and_logs_to_mlflow(project: Path, tiny_model: Path) 
 
     # the trainer's own MLflow integration logged the run into the sqlite store
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("train-test")
+    experiment = client.get_experiment_by_name("genprm")
     assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_id == info["mlflow_run_id"] and run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [(m.step, round(m.value, 5)) for m in history] == [(p["step"], p["loss"]) for p in curve]
-    assert run.data.params["learning_rate"] == "0.001" and run.data.tags["variant"] == "genprm"
+    assert run.data.params["learning_rate"] == "0.001" and run.data.tags["genprm.variant"] == "genprm"
     assert run.data.metrics["final/steps"] == 6
     assert mlflow.active_run() is None
 

@@ -9,8 +9,6 @@ The evidence, the decision and the store lock are ``components/platform/registry
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +23,6 @@ from components.platform.registry import (
     read_champion,
     store_lock,
 )
-
-
-@contextlib.contextmanager
-def model_run(uri: str) -> Iterator[str]:
-    """The active run (the stage's, under ``genprm register``), else a new ``register`` run."""
-    import mlflow
-
-    from components.platform.tracking import Tracker
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    active = mlflow.active_run()
-    if active is not None:
-        yield str(active.info.run_id)
-        return
-    experiment = Tracker(uri, Path(".")).experiment_id
-    with mlflow.start_run(experiment_id=experiment, run_name="register") as run:
-        yield str(run.info.run_id)
 
 
 def provenance(evidence: Evidence, cfg: RegisterConfig, run_id: str) -> dict[str, str]:
@@ -66,6 +46,7 @@ def register(cfg: RegisterConfig, settings: dict[str, Any], uri: str) -> dict[st
     from mlflow import MlflowClient
 
     from components.platform.pyfunc import log_genprm
+    from components.platform.tracking import process_run
 
     evidence = gather_evidence(cfg)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -79,7 +60,8 @@ def register(cfg: RegisterConfig, settings: dict[str, Any], uri: str) -> dict[st
             "champion": int(champion.version) if champion else None,
             "metric": evidence.value,
         }
-    with model_run(uri) as run_id:
+    with process_run("register", required=True) as run_id:
+        assert run_id is not None
         info = log_genprm(Path(cfg.model_dir), settings, cfg.pip_requirements, cfg.samples, cfg.name)
         version = str(info.registered_model_version)
         for key, text in provenance(evidence, cfg, run_id).items():

@@ -23,9 +23,10 @@ base model, MLflow run id), ``metrics/train.json`` (``metrics/train_direct.json`
 
 MLflow (``mlflow`` in ``report_to``): the trainer's own integration (transformers' MLflowCallback) logs
 the training args and the loss curve into the ACTIVE run: under ``genprm train`` that is the stage's run
-that ``components/platform/tracking.py`` opens; called without one (tests, notebooks), the stage opens a
-run in
-the experiment ``experiment_name`` at ``$MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``).
+that ``components/platform/tracking.py`` opens; under ``accelerate launch`` the run of ``MLFLOW_RUN_ID``;
+called without either (tests, notebooks), a new run with the defaults of every stage
+(``$MLFLOW_TRACKING_URI``, else ``mlflow.db`` at the project root; ``$MLFLOW_EXPERIMENT_NAME``, else
+``genprm``).
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ from components.platform.config import option, section, to_dict
 from components.platform.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,6 @@ class TrainConfig:
     threads: int = option(2, help="torch CPU threads (0: torch's default).")
     lora: LoraSettings = section(LoraSettings, help="Optional LoRA adapters.")
     report_to: list[str] = option(["mlflow"], help="Trainer integrations to log to ([] for none).")
-    experiment_name: str = option("genprm-train", help="MLflow experiment of the training runs.")
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "gradient_accumulation_steps", "max_length", "logging_steps")
@@ -116,8 +114,6 @@ class TrainConfig:
             raise ConfigError("train.threads: must be >= 0")
         if self.lora.enabled and (self.lora.r < 1 or self.lora.alpha < 1 or not self.lora.target_modules):
             raise ConfigError("train.lora: need r >= 1, alpha >= 1 and at least one target module")
-        if not self.experiment_name:
-            raise ConfigError("train.experiment_name: must not be empty")
 
     @property
     def data_path(self) -> Path:
@@ -238,23 +234,19 @@ def mlflow_active() -> bool:
 
 @contextlib.contextmanager
 def mlflow_run(cfg: TrainConfig, run_name: str) -> Iterator[str | None]:
-    """An active MLflow run the trainer's MLflowCallback logs into (None when MLflow is off)."""
+    """The MLflow run the trainer's MLflowCallback logs into (None when MLflow is off).
+
+    The tracking adapter's process run: the stage's run under ``genprm train``, the run of
+    ``MLFLOW_RUN_ID`` under ``accelerate launch``, else a new run with the project's defaults.
+    """
     if "mlflow" not in cfg.report_to or not is_main_process():
         yield None
         return
-    import mlflow
+    from components.platform.tracking import process_run
 
-    active = mlflow.active_run()
-    if active is not None:  # `genprm train` runs inside its stage's run (components/platform/tracking.py)
-        yield active.info.run_id
-        mlflow.flush_async_logging()
-        return
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-    mlflow.set_experiment(cfg.experiment_name)
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tags({"stage": "train", "variant": cfg.variant, "base_model": cfg.base_model})
-        yield run.info.run_id
-        mlflow.flush_async_logging()  # the callback logs asynchronously
+    tags = {"genprm.stage": "train", "genprm.variant": cfg.variant, "genprm.base_model": cfg.base_model}
+    with process_run(run_name, tags) as run_id:
+        yield run_id
 
 
 def save(trainer: Any, cfg: TrainConfig, out_dir: Path) -> None:
