@@ -11,6 +11,7 @@ from components.platform.errors import ConfigError
 
 Status = Literal["ok", "error", "timeout", "killed"]
 
+ISOLATION = ("required", "none")
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -35,8 +36,10 @@ class SandboxConfig:
         ["math", "fractions", "sympy", "numpy"], help="Modules imported once in the warm fork server."
     )
     disk_mb: int = option(64, help="Size of each session's private working directory (tmpfs), in MiB.")
-    require_isolation: bool = option(
-        False, help="Fail instead of warning when network, filesystem or user isolation is unavailable."
+    isolation: str = option(
+        "required",
+        help="required: refuse to start without network isolation, a private filesystem view and "
+        "process and memory limits; none: run model-written code UNCONFINED (explicit opt-out, logged).",
     )
 
     def __post_init__(self) -> None:
@@ -53,6 +56,10 @@ class SandboxConfig:
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"sandbox.{key}: {why}, got {getattr(self, key)!r}")
+        if self.isolation not in ISOLATION:
+            raise ConfigError(
+                f"sandbox.isolation: must be one of {', '.join(ISOLATION)}, got {self.isolation!r}"
+            )
         for name in self.preload:
             if not isinstance(name, str) or not _MODULE_NAME.match(name):
                 raise ConfigError(f"sandbox.preload: {name!r} is not a module name")

@@ -25,9 +25,9 @@ from types import TracebackType
 from typing import Any
 
 from components.sandbox import wire
+from components.sandbox.cgroups import read_cpu_ns, read_oom_kills, remove_cgroup
 from components.sandbox.config import ExecutionResult, SandboxConfig, Status
-from components.sandbox.linux import remove_cgroup
-from components.sandbox.server import ForkServer, SandboxError, not_enforced
+from components.sandbox.server import ForkServer, IsolationError, SandboxError, missing, not_enforced
 
 log = logging.getLogger(__name__)
 _logged = threading.Event()
@@ -74,13 +74,10 @@ class _Process:
             return None
 
     def cpu_ns(self) -> int | None:
-        value = self.read_cgroup("cpuacct", "cpuacct.usage")
-        return int(value) if value else None
+        return read_cpu_ns(self.cgroups["cpu"]) if "cpu" in self.cgroups else None
 
     def oom_kills(self) -> int:
-        text = self.read_cgroup("memory", "memory.oom_control") or ""
-        counts = [int(line.split()[1]) for line in text.splitlines() if line.startswith("oom_kill ")]
-        return counts[0] if counts else 0
+        return read_oom_kills(self.cgroups["memory"]) if "memory" in self.cgroups else 0
 
 
 def _read_available(fd: int, capture: _Capture, which: int, budget: int = DRAIN_LIMIT) -> bool:
@@ -217,7 +214,7 @@ class Session:
         """Kill whatever the snippet left running (daemons, children) but the session process."""
         current = proc.read_cgroup("pids", "pids.current")
         if current is None or int(current) > 1:
-            self._sandbox._server_request({"op": "sweep", "uid": proc.uid, "pid": proc.pid})
+            self._sandbox._server_request({"op": "sweep", "pid": proc.pid})
 
     def close(self) -> None:
         """End the session: kill its processes, remove its working directory, free its slot."""
@@ -256,14 +253,20 @@ class Sandbox:
         except BaseException:
             shutil.rmtree(self._workroot, ignore_errors=True)
             raise
+        self._cgroups.update(self._server.capabilities.get("cgroup_groups", []))
         self._finalizer = weakref.finalize(self, _shutdown, self._server, self._cgroups, self._workroot)
         self._check_isolation()
 
     def _check_isolation(self) -> None:
         gaps = not_enforced(self._server.capabilities)
-        if self.config.require_isolation and gaps:
+        if self.config.isolation == "none":
+            log.warning(
+                "sandbox.isolation: none: model-written code runs UNCONFINED (%s)",
+                "; ".join(missing(self._server.capabilities)) or "nothing required is missing",
+            )
+        elif missing(self._server.capabilities):  # ForkServer.start refuses these; never run without
             self.close()
-            raise SandboxError("sandbox.require_isolation: " + "; ".join(gaps))
+            raise IsolationError("sandbox: " + "; ".join(missing(self._server.capabilities)))
         if not _logged.is_set():
             _logged.set()
             log.info("sandbox: %s", self.capabilities())
@@ -342,9 +345,7 @@ class Sandbox:
         """Kill a session process and all it started; what they wrote before dying goes to ``capture``."""
         proc.ctrl.close()
         try:
-            return self._server_request(
-                {"op": "close", "uid": proc.uid, "pid": proc.pid, "workdir": proc.workdir, "grace_s": grace_s}
-            )
+            return self._server_request({"op": "close", "pid": proc.pid, "grace_s": grace_s})
         finally:
             for which, fd in proc.pipes.items():
                 _read_available(fd, capture or _Capture(0), which)
@@ -372,6 +373,6 @@ def _remove_stale(tmp: str) -> None:
 def _shutdown(server: ForkServer, cgroups: set[str], workroot: str) -> None:
     """Stop the fork server (its namespaces end with it), then remove the cgroups and the work root."""
     server.stop()
-    for path in cgroups:
+    for path in sorted(cgroups, key=len, reverse=True):  # session groups before the group holding them
         remove_cgroup(path)
     shutil.rmtree(workroot, ignore_errors=True)

@@ -1,26 +1,35 @@
-"""Linux primitives the fork server uses: mounts, prctl, v1 cgroups and process lookup via /proc.
+"""Linux primitives the fork server uses: mounts, namespaces, capabilities, prctl and /proc lookups.
 
-All of these need root in the fork server's own namespaces; each returns or raises so the caller can
-report what could not be enforced rather than fail.
+All of these need privileges in the fork server's own namespaces (root, or root of a user namespace);
+each raises ``OSError`` so the caller can report what could not be enforced.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
+import platform
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
+MS_REC, MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1 << 24
 MNT_DETACH = 2
-PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
-_OPTION_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
-# Left writable: /proc is the namespace's own; cgroup files are root-owned and the server writes them.
-_KEEP_WRITABLE = ("/proc", "/sys/fs/cgroup")
-HIDDEN_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_SECUREBITS = 4, 24, 28
+PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+# SECBIT_NOROOT, NO_SETUID_FIXUP, KEEP_CAPS and NO_CAP_AMBIENT_RAISE, each with its lock bit
+SECURE_ALL = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}
+# statvfs flag -> mount flag that a bind remount must repeat (a user namespace cannot drop locked ones)
+_KEPT_FLAGS = {
+    os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC,
+    os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME, os.ST_RELATIME: MS_RELATIME,
+}  # fmt: skip
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -44,124 +53,70 @@ def prctl(option: int, arg: int) -> None:
     _check(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl {option}")
 
 
-def mounts() -> list[tuple[str, int]]:
-    """(mount point, flags to keep) for every mount, parents before children."""
-    found = []
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    number = _PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(0, f"pivot_root: unknown syscall number on {platform.machine()}")
+    _check(_libc.syscall(ctypes.c_long(number), new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def kept_flags(path: str) -> int:
+    """The per-mount flags of the mount holding ``path`` that a remount must keep."""
+    flags = os.statvfs(path).f_flag
+    kept = sum(ms for st, ms in _KEPT_FLAGS.items() if flags & st)
+    return kept if kept & (MS_NOATIME | MS_RELATIME) else kept | MS_STRICTATIME
+
+
+def remount_readonly(point: str) -> None:
+    mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept_flags(point))
+
+
+def mount_points() -> list[str]:
+    """Every mount point in this mount namespace, parents before children."""
+    points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        point = fields[4].replace("\\040", " ")
-        flags = sum(_OPTION_FLAGS.get(o, 0) for o in fields[5].split(","))
-        found.append((point, flags))
-    return sorted(found, key=lambda item: item[0].count("/"))
+        points.append(line.split()[4].replace("\\040", " "))
+    return sorted(set(points), key=lambda p: (p.count("/"), p))
 
 
-def remount_readonly() -> list[str]:
-    """Make every mount read-only in this mount namespace; returns the mount points that refused."""
-    failed = []
-    for point, flags in mounts():
-        if any(point == k or point.startswith(k + "/") for k in _KEEP_WRITABLE):
-            continue
-        try:
-            mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
-        except OSError:
-            failed.append(point)
-    return failed
+def drop_capabilities() -> None:
+    """Lose every capability for good: no root semantics on exec, empty bounding, ambient and
+    permitted sets (used where sessions cannot get a uid of their own, inside a user namespace)."""
+    prctl(PR_SET_SECUREBITS, SECURE_ALL)
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    for cap in range(last + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl ambient")
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()
+    _check(_libc.capset(header, data), "capset")
 
 
-def hide_dirs(keep: str, readable: list[str] | None = None) -> list[str]:
-    """Cover world-writable and socket directories with empty read-only tmpfs; ``keep`` (the work root)
-    and the ``readable`` paths inside them (e.g. a virtualenv or checkout under /tmp holding the
-    interpreter's packages) stay reachable, re-bound at their own paths. Returns the directories hidden."""
-    # A hidden directory itself (or an ancestor of one, e.g. sys.path holding /tmp) cannot stay readable.
-    readable = [
-        p
-        for p in readable or []
-        if not any(h == os.path.realpath(p) or h.startswith(os.path.realpath(p) + "/") for h in HIDDEN_DIRS)
-    ]
-    wanted = sorted({os.path.realpath(p) for p in [keep, *readable] if os.path.isdir(p)})
-    outer = [p for p in wanted if not any(p.startswith(q + "/") for q in wanted if q != p)]
-    fds = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in outer}
-    hidden = []
-    try:
-        for path in HIDDEN_DIRS:
-            if not os.path.isdir(path) or os.path.islink(path):
-                continue
-            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-            for inner, fd in fds.items():
-                if inner.startswith(path + "/"):
-                    os.makedirs(inner, mode=0o755)
-                    mount(f"/proc/self/fd/{fd}", inner, None, MS_BIND | MS_REC)
-            mount(None, path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-            hidden.append(path)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-    return hidden
+def capability_sets() -> dict[str, int]:
+    """CapEff/CapPrm/CapBnd of this process as integers (0 once dropped)."""
+    found = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("CapEff", "CapPrm", "CapBnd"):
+            found[key] = int(value.strip(), 16)
+    return found
 
 
-class Cgroups:
-    """Per-session v1 cgroups (memory, pids, cpuacct) below this process's own, where writable."""
-
-    CONTROLLERS = ("memory", "pids", "cpuacct")
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.base: dict[str, Path] = {}
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, names, path = line.split(":", 2)
-            for name in names.split(","):
-                root = Path("/sys/fs/cgroup") / name
-                if name in self.CONTROLLERS and root.is_dir():
-                    self.base[name] = root / path.lstrip("/")
-        self.available = {name: self._probe(name) for name in self.CONTROLLERS}
-
-    def _probe(self, name: str) -> bool:
-        if name not in self.base:
-            return False
-        probe = self.base[name] / f"{self.prefix}-probe"
-        try:
-            probe.mkdir()
-            probe.rmdir()
-            return True
-        except OSError:
-            return False
-
-    def create(self, key: str, limits: dict[str, dict[str, int]]) -> dict[str, str]:
-        """Make the cgroups for ``key`` with ``limits`` {controller: {file: value}}; returns their paths."""
-        paths = {}
-        for name, ok in self.available.items():
-            if not ok:
-                continue
-            path = self.base[name] / f"{self.prefix}-{key}"
-            path.mkdir(exist_ok=True)
-            for file, value in limits.get(name, {}).items():
-                try:
-                    (path / file).write_text(str(value))
-                except OSError:
-                    if name != "memory" or "memsw" not in file:  # swap accounting may be off
-                        raise
-            paths[name] = str(path)
-        return paths
-
-
-def join_cgroups(paths: dict[str, str]) -> None:
-    for path in paths.values():
-        Path(path, "cgroup.procs").write_text(str(os.getpid()))
-
-
-def remove_cgroup(path: str, wait_s: float = 2.0) -> bool:
-    """rmdir a cgroup, retrying while its last processes exit."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            os.rmdir(path)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
+def enter_user_namespace(inner: int) -> None:
+    """A new user namespace in which this process is ``inner`` (its uid and gid outside, mapped)."""
+    outer_uid, outer_gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER)
+    Path("/proc/self/uid_map").write_text(f"{inner} {outer_uid} 1")
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/gid_map").write_text(f"{inner} {outer_gid} 1")
 
 
 def _status_fields(pid: str) -> dict[str, str]:
@@ -173,33 +128,49 @@ def _status_fields(pid: str) -> dict[str, str]:
     return fields
 
 
-def live_pids(uid: int | None = None, sid: int | None = None) -> set[int]:
-    """Live (not zombie) processes of real ``uid`` or of session ``sid``, seen in this /proc."""
+def mount_ns(pid: int | str) -> int | None:
+    """Inode of ``pid``'s mount namespace (None when the process is gone)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
+
+
+def _matcher(uid: int | None, sid: int | None, mnt_ns: int | None) -> Callable[[str], bool]:
+    def matches(pid: str) -> bool:
+        if uid is not None:
+            fields = _status_fields(pid)
+            return int(fields["Uid"].split()[0]) == uid and not fields["State"].startswith("Z")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        rest = stat[stat.rindex(")") + 2 :].split()
+        if rest[0] == "Z":
+            return False
+        return mount_ns(pid) == mnt_ns if mnt_ns is not None else int(rest[3]) == sid
+
+    return matches
+
+
+def live_pids(uid: int | None = None, sid: int | None = None, mnt_ns: int | None = None) -> set[int]:
+    """Live (not zombie) processes of real ``uid``, else of mount namespace ``mnt_ns``, else of
+    session ``sid``, in this /proc."""
+    matches = _matcher(uid, sid, mnt_ns)
     found = set()
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            if uid is not None:
-                fields = _status_fields(name)
-                if int(fields["Uid"].split()[0]) != uid or fields["State"].startswith("Z"):
-                    continue
-            else:
-                stat = Path(f"/proc/{name}/stat").read_text()
-                rest = stat[stat.rindex(")") + 2 :].split()
-                if rest[0] == "Z" or int(rest[3]) != sid:
-                    continue
+            if matches(name):
+                found.add(int(name))
         except (OSError, ValueError, KeyError, IndexError):
             continue
-        found.add(int(name))
     return found
 
 
-def kill_all(uid: int | None, sid: int | None, keep: int | None = None, rounds: int = 500) -> int:
-    """SIGKILL every process of ``uid`` (or session ``sid``) but ``keep``, until none is left."""
+def kill_all(who: dict[str, int | None], keep: int | None = None, rounds: int = 500) -> int:
+    """SIGKILL every process ``who`` names (``live_pids`` keywords) but ``keep``, until none is left."""
     killed = 0
     for _ in range(rounds):
-        pids = live_pids(uid, sid) - {keep, os.getpid()}
+        pids = live_pids(**who) - {keep, os.getpid()}
         if not pids:
             break
         for pid in pids:
@@ -210,40 +181,3 @@ def kill_all(uid: int | None, sid: int | None, keep: int | None = None, rounds: 
                 pass
         time.sleep(0.001)
     return killed
-
-
-def _blocking_ancestor(path: str) -> str | None:
-    """The outermost directory above ``path`` that other users cannot traverse, if any."""
-    parts = path.strip("/").split("/")
-    for depth in range(1, len(parts)):
-        ancestor = "/" + "/".join(parts[:depth])
-        if not os.stat(ancestor).st_mode & 0o001:
-            return ancestor
-    return None
-
-
-def expose(paths: list[str]) -> list[str]:
-    """Make ``paths`` (the interpreter, its libraries) reachable for unprivileged uids without opening
-    their private ancestors: an ancestor such as /root becomes an empty read-only tmpfs with only these
-    paths bound back in. Returns the paths so re-bound."""
-    wanted = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
-    wanted = [p for p in wanted if not any(p.startswith(q + "/") for q in wanted if q != p)]
-    groups: dict[str, list[str]] = {}
-    for path in wanted:
-        ancestor = _blocking_ancestor(path)
-        if ancestor is not None:
-            groups.setdefault(ancestor, []).append(path)
-    bound = []
-    for ancestor, inner in groups.items():
-        fds = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in inner}
-        try:
-            mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-            for path, fd in fds.items():
-                os.makedirs(path, mode=0o755, exist_ok=True)
-                mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-                bound.append(path)
-            mount(None, ancestor, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-    return bound

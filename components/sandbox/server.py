@@ -1,8 +1,11 @@
 """Caller side of the fork server: start it in fresh namespaces, talk to it, report what it enforces.
 
-``ForkServer.start`` tries ``unshare --net --mount --pid --ipc --uts`` (util-linux) as root and falls back
-to a plain process where that is refused; the server reports which protections took effect
-(``capabilities``), and ``not_enforced`` turns that into sentences for the log and the README's table.
+``ForkServer.start`` runs the server under ``unshare --net --mount --pid --ipc --uts`` (util-linux): as
+root directly, otherwise (or where root lacks CAP_SYS_ADMIN, as in a default container) with
+``--user --map-root-user`` in a user namespace of its own. ``sandbox.isolation: none`` starts it as a
+plain process instead, loudly. The server reports which protections took effect (``capabilities``);
+``missing`` names the required ones that did not (``Sandbox`` refuses to start then) and
+``not_enforced`` every gap, for the log and the README's table.
 """
 
 from __future__ import annotations
@@ -28,17 +31,34 @@ BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from components.sandbox.zyg
 START_TIMEOUT_S = 180.0
 
 
+USERNS = ["--user", "--map-root-user"]
+HOW_TO = (
+    "Provide them: install util-linux (unshare) on PATH, and run as root, or as any user where user "
+    "namespaces are allowed (sysctl user.max_user_namespaces > 0; kernel.unprivileged_userns_clone=1 "
+    "on older Debian kernels; kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu 24.04); in "
+    "Docker or Kubernetes use the worker settings of infra/docker-compose.yml and "
+    "infra/k8s/gpu-job-template.json (README: Sandbox). Or set sandbox.isolation: none to run "
+    "model-written code UNCONFINED."
+)
+
+
 class SandboxError(GenPRMError):
     """The sandbox could not start or run a session (not a failure of the snippet itself)."""
 
 
-def isolation_commands() -> list[tuple[str, list[str]]]:
-    """Launch prefixes to try, strongest first."""
+class IsolationError(SandboxError):
+    """The sandbox refuses to start: a required protection is not available on this machine."""
+
+
+def isolation_commands(isolation: str) -> list[tuple[str, list[str]]]:
+    """Launch prefixes to try, strongest first (none at all without unshare, unless unconfined)."""
+    if isolation == "none":
+        return [("none", [])]
     unshare = shutil.which("unshare")
-    found = []
-    if unshare and os.geteuid() == 0:
-        found.append(("unshare", [unshare, *UNSHARE, "--"]))
-    found.append(("none", []))
+    if unshare is None:
+        return []
+    found = [("unshare", [unshare, *UNSHARE, "--"])] if os.geteuid() == 0 else []
+    found.append(("unshare-user", [unshare, *USERNS, *UNSHARE, "--"]))
     return found
 
 
@@ -54,12 +74,24 @@ class ForkServer:
     @classmethod
     def start(cls, config: SandboxConfig, workroot: str, owner: str) -> ForkServer:
         errors: list[str] = []
-        for tool, prefix in isolation_commands():
+        commands = isolation_commands(config.isolation)
+        if not commands:
+            errors.append(f"unshare (util-linux) is not on PATH ({os.environ.get('PATH', '')})")
+        for tool, prefix in commands:
             server = cls._launch(config, workroot, owner, prefix, errors)
-            if server is not None:
+            if server is not None and (tool == "none" or not missing(server.capabilities)):
                 server.capabilities["isolation_tool"] = tool
+                server.capabilities["launch_errors"] = errors
                 return server
-        raise SandboxError("sandbox fork server did not start: " + " | ".join(errors))
+            if server is not None:
+                errors.append(f"{tool}: " + "; ".join(missing(server.capabilities)))
+                server.stop()
+        if config.isolation == "none":
+            raise SandboxError("sandbox fork server did not start: " + " | ".join(errors))
+        raise IsolationError(
+            "sandbox refused to start (sandbox.isolation: required): no network isolation, private "
+            f"filesystem view, or process and memory limits here. {' | '.join(errors)}. {HOW_TO}"
+        )
 
     @classmethod
     def _launch(
@@ -72,6 +104,8 @@ class ForkServer:
             "owner": owner,
             "net_ns": os.readlink("/proc/self/ns/net"),
             "mnt_ns": os.readlink("/proc/self/ns/mnt"),
+            "user_ns": os.readlink("/proc/self/ns/user"),
+            "private": sorted({os.path.expanduser("~"), os.getcwd()} - {"/"}),
             **{k: getattr(config, k) for k in ("memory_mb", "disk_mb", "max_processes", "cpu_s", "preload")},
         }
         log = tempfile.TemporaryFile()  # noqa: SIM115 (the server writes it for its whole life)
@@ -92,7 +126,7 @@ class ForkServer:
             process.wait()
             log.seek(0)
             tail = log.read()[-2000:].decode(errors="replace").strip()
-            errors.append(f"{' '.join(prefix[:1]) or 'plain'}: {tail or 'no output'}")
+            errors.append(f"{' '.join(prefix[:2]) or 'plain'}: {tail or 'no output'}")
             parent.close()
             return None
         parent.settimeout(None)
@@ -121,21 +155,37 @@ class ForkServer:
             self.process.wait()
 
 
-def not_enforced(caps: dict[str, Any]) -> list[str]:
-    """Human-readable gaps in isolation for these capabilities."""
+def missing(caps: dict[str, Any]) -> list[str]:
+    """The required protections these capabilities lack (the sandbox refuses to start without them)."""
     gaps = []
     if not caps.get("network_namespace"):
-        gaps.append("network: snippets can open connections (no network namespace)")
+        gaps.append("network isolation (no network namespace)")
     if not caps.get("pid_namespace"):
-        gaps.append("processes: snippets can see the host's processes (no PID namespace)")
-    if not caps.get("readonly_filesystem"):
-        gaps.append("filesystem: writable wherever the session's uid may write (no read-only remount)")
-    if not caps.get("separate_uid"):
+        gaps.append("process isolation (no PID namespace)")
+    if not caps.get("private_root"):
+        why = caps.get("private_root_error", "no mount namespace")
+        gaps.append(f"a private filesystem view ({why})")
+    cgroups = caps.get("cgroups", {})
+    if "pids" not in cgroups and not (caps.get("separate_uid") or caps.get("session_user_namespace")):
+        gaps.append("a process limit (no pids cgroup, and RLIMIT_NPROC does not bind the caller's uid)")
+    return gaps  # memory: RLIMIT_AS binds every session process wherever it runs
+
+
+def not_enforced(caps: dict[str, Any]) -> list[str]:
+    """Human-readable gaps in isolation for these capabilities."""
+    gaps = [f"REQUIRED {gap}" for gap in missing(caps)]
+    if caps.get("private_root") and not caps.get("readonly_filesystem"):
+        gaps.append(f"filesystem: could not remount read-only: {caps.get('readonly_failed')}")
+    if caps.get("session_user_namespace"):
+        gaps.append("uid: sessions share the caller's uid (each in its own user namespace, no capabilities):"
+                    " a session can signal another session's processes")  # fmt: skip
+    elif not caps.get("separate_uid"):
         gaps.append("uid: snippets run as the caller's user (not root): env of other processes, signals")
-    for name, what in (("memory", "memory of a session's processes together"), ("pids", "")):
-        if name not in caps.get("cgroups", []):
-            gaps.append(f"cgroup {name}: only per-process rlimits bound {what or 'process count'}")
-    if "cpuacct" not in caps.get("cgroups", []):
+    cgroups = caps.get("cgroups", {})
+    for name, what in (("memory", "memory of a session's processes together"), ("pids", "process count")):
+        if name not in cgroups:
+            gaps.append(f"cgroup {name}: only per-process rlimits bound {what}")
+    if "cpu" not in cgroups:
         gaps.append("cpu: only the session's cooperative RLIMIT_CPU bounds CPU (wall clock still enforced)")
     if caps.get("preload_failed"):
         gaps.append(f"preload: could not import {', '.join(caps['preload_failed'])}")

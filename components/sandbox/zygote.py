@@ -1,12 +1,16 @@
 """The fork server: preloads sympy/numpy once, then forks one locked-down process per session.
 
-Started by ``Sandbox`` (never by hand) as root inside ``unshare --net --mount --pid --ipc --uts`` where
-available: it is PID 1 of its namespace, so when it exits every process of every session dies with it.
-At start it remounts the filesystem read-only and hides /tmp, /var/tmp, /dev/shm and /run under empty
-read-only tmpfs. Each session child gets its own process group and session, its cgroups (memory, pids,
-cpuacct), rlimits (address space, processes, file size, no core), a fresh tmpfs working directory, and
-then drops to a uid of its own with no supplementary groups and no_new_privs before running
-``runtime.serve``. Requests arrive on fd ``config["ctrl_fd"]`` (see ``Server.handle``).
+Started by ``Sandbox`` (never by hand) inside ``unshare --net --mount --pid --ipc --uts`` (as root), or
+the same under ``--user --map-root-user`` (not root: root of a fresh user namespace). It is PID 1 of its
+namespace, so when it exits every process of every session dies with it. At start it imports
+``preload``, makes its cgroups, then pivots into the minimal read-only view of ``rootfs``. Each session
+gets its own mount namespace holding its private tmpfs working directory (other sessions' directories
+are empty there), its own process group and session, its cgroups (memory, pids, cpu; v1 or v2), rlimits
+(address space, processes, file size, no core), an empty environment, and then loses its privileges:
+as root, a uid of its own with no groups; otherwise a user namespace of its own (so RLIMIT_NPROC counts
+per session, and it may create no further user namespace) with every capability dropped, not
+dumpable. Both end with no_new_privs before ``runtime.serve``. Requests arrive on fd
+``config["ctrl_fd"]`` (see ``Server.handle``).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from components.sandbox import linux, runtime, wire
+from components.sandbox import linux, rootfs, runtime, wire
+from components.sandbox.cgroups import Cgroups
 
 SESSION_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}
 THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -34,29 +39,22 @@ WARMUP = {
 }
 
 
+SESSION_UID = 1000  # a session's uid inside its own user namespace (not root)
+
+
 def isolate_filesystem(config: dict[str, Any]) -> dict[str, Any]:
-    """Read-only mounts and hidden shared directories, where this process has its own mount namespace."""
-    caps: dict[str, Any] = {"readonly_filesystem": False, "hidden_dirs": []}
+    """Pivot into the minimal view, where this process has its own mount namespace and may mount."""
+    caps: dict[str, Any] = {"private_root": False}
     if not config["mount_namespace"] or os.geteuid() != 0:
         return caps
-    failed = linux.remount_readonly()
-    caps["readonly_filesystem"] = "/" not in failed
-    caps["readonly_failed"] = failed
-    caps["hidden_dirs"] = linux.hide_dirs(config["workroot"], interpreter_paths())
-    caps["exposed_dirs"] = linux.expose(interpreter_paths())
-    workroot = config["workroot"]
-    if not os.path.ismount(workroot):
-        linux.mount(workroot, workroot, None, linux.MS_BIND)
-    # a bind mount copies the read-only flag of its source; only this one mount becomes writable again
-    linux.mount(None, workroot, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_NOSUID | linux.MS_NODEV)
+    try:
+        caps.update(rootfs.pivot_into_view(config["workroot"], [rootfs.REPO_ROOT, *config["private"]]))
+    except OSError as exc:
+        caps["private_root_error"] = str(exc)
+        return caps
+    caps["private_root"] = True
+    caps["readonly_filesystem"] = not caps["readonly_failed"]
     return caps
-
-
-def interpreter_paths() -> list[str]:
-    """What a session needs to read to import modules and to start ``sys.executable`` again."""
-    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    binary = os.path.dirname(os.path.realpath(sys.executable))
-    return [*prefixes, binary, *(p for p in sys.path if p and os.path.isdir(p))]
 
 
 def preload(modules: list[str]) -> tuple[list[str], list[str]]:
@@ -76,14 +74,17 @@ def preload(modules: list[str]) -> tuple[list[str], list[str]]:
 class Server:
     """Serves spawn/sweep/close requests from the caller, one at a time."""
 
-    def __init__(self, config: dict[str, Any], ctrl: socket.socket) -> None:
+    def __init__(self, config: dict[str, Any], ctrl: socket.socket, cgroups: Cgroups) -> None:
         self.config = config
         self.ctrl = ctrl
-        self.root = os.geteuid() == 0
-        self.cgroups = linux.Cgroups(f"genprm-sbx-{config['owner']}")
+        # "root": a uid per session; "userns": root of a user namespace, a user namespace per session
+        self.mode = "userns" if config["user_namespace"] else "root" if os.geteuid() == 0 else "plain"
+        self.private = bool(config.get("private_root"))
+        self.cgroups = cgroups
         self.created: dict[int, dict[str, str]] = {}
-        self.sessions: dict[int, tuple[int, str]] = {}  # pid -> (uid, workdir)
+        self.sessions: dict[int, tuple[int, str, int | None]] = {}  # pid -> (uid, workdir, mount ns)
         self.exited: dict[int, int] = {}
+        self.own_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY) if self.private else -1
         with open("/proc/self/statm") as statm:
             self.vm_bytes = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -103,46 +104,54 @@ class Server:
         if op == "spawn":
             return self.spawn(request, fds)
         if op == "sweep":
-            return {"killed": self.kill(request["uid"], request["pid"], keep=True)}
+            return {"killed": self.kill(request["pid"], keep=True)}
         if op == "close":
             return self.close(request)
         raise ValueError(f"unknown op {op!r}")
 
-    def limits(self) -> dict[str, dict[str, int]]:
-        total = (self.config["memory_mb"] + self.config["disk_mb"] + 32) << 20  # + kernel headroom
-        return {
-            "memory": {"memory.limit_in_bytes": total, "memory.memsw.limit_in_bytes": total},
-            "pids": {"pids.max": self.config["max_processes"]},
-        }
-
-    def make_workdir(self, name: str, uid: int) -> str:
-        path = os.path.join(self.config["workroot"], name)
-        os.mkdir(path, 0o700)
-        if self.config["mount_namespace"] and self.root:
-            size = self.config["disk_mb"]
-            opts = f"size={size}m,mode=700,uid={uid},gid={uid}"
-            linux.mount("tmpfs", path, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, opts)
-        elif self.root:
-            os.chown(path, uid, uid)
-        return path
-
     def spawn(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-        uid = request["uid"]
-        if uid not in self.created:
-            self.created[uid] = self.cgroups.create(str(uid), self.limits())
-        workdir = self.make_workdir(request["name"], uid)
-        pid = os.fork()
-        if pid == 0:
-            session_child(self, uid, workdir, fds)
-        self.sessions[pid] = (uid, workdir)
+        key = request["uid"]  # one per session slot: its cgroups, and its uid where the server is root
+        uid = key if self.mode == "root" else 0
+        if key not in self.created:
+            memory = (self.config["memory_mb"] + self.config["disk_mb"] + 32) << 20  # + kernel headroom
+            self.created[key] = self.cgroups.create(str(key), memory, self.config["max_processes"])
+        workdir = os.path.join(self.config["workroot"], request["name"])
+        os.mkdir(workdir, 0o700)
+        if self.mode == "root" and not self.private:
+            os.chown(workdir, uid, uid)
+        mnt_ns = None
+        if self.private:
+            linux.unshare(linux.CLONE_NEWNS)  # the session's own mount namespace; the server returns below
+        try:
+            if self.private:
+                size = self.config["disk_mb"]
+                linux.mount(
+                    "tmpfs",
+                    workdir,
+                    "tmpfs",
+                    linux.MS_NOSUID | linux.MS_NODEV,
+                    f"size={size}m,mode=700,uid={uid},gid={uid}",
+                )
+                linux.remount_readonly(self.config["workroot"])
+                mnt_ns = os.stat("/proc/self/ns/mnt").st_ino
+            pid = os.fork()
+            if pid == 0:
+                session_child(self, key, workdir, fds)
+        finally:
+            if self.private:
+                linux.setns(self.own_mnt, linux.CLONE_NEWNS)
+        self.sessions[pid] = (uid, workdir, mnt_ns)
         for fd in fds:
             os.close(fd)
-        return {"pid": pid, "workdir": workdir, "cgroups": self.created[uid]}
+        return {"pid": pid, "workdir": workdir, "cgroups": self.created[key]}
 
-    def kill(self, uid: int, pid: int, keep: bool) -> int:
-        if self.root:
-            return linux.kill_all(uid, None, keep=pid if keep else None)
-        return linux.kill_all(None, pid, keep=pid if keep else None)
+    def kill(self, pid: int, keep: bool) -> int:
+        uid, _, mnt_ns = self.sessions[pid]
+        if self.mode == "root":
+            who: dict[str, int | None] = {"uid": uid}
+        else:  # one uid for all sessions: a session is its mount namespace (or its process session)
+            who = {"mnt_ns": mnt_ns} if mnt_ns is not None else {"sid": pid}
+        return linux.kill_all(who, keep=pid if keep else None)
 
     def wait_exit(self, pid: int, wait_s: float) -> int | None:
         deadline = time.monotonic() + wait_s
@@ -153,58 +162,54 @@ class Server:
 
     def close(self, request: dict[str, Any]) -> dict[str, Any]:
         """End a session: its natural exit status if it died within ``grace_s``, else SIGKILL everything."""
-        pid, uid = request["pid"], request["uid"]
+        pid = request["pid"]
         status = self.wait_exit(pid, request.get("grace_s", 0.0))
-        self.kill(uid, pid, keep=False)
+        self.kill(pid, keep=False)
         if status is None:
             status = self.wait_exit(pid, 5.0)
-        self.sessions.pop(pid, None)
-        self.remove_workdir(request["workdir"])
-        return {"wait_status": status}
-
-    def remove_workdir(self, workdir: str) -> None:
-        if self.config["mount_namespace"] and self.root:
-            with contextlib.suppress(OSError):
-                linux.umount(workdir)
+        _, workdir, _ = self.sessions.pop(pid)
         _remove_tree(workdir)
+        return {"wait_status": status}
 
     def shutdown(self) -> None:
         """The caller is gone (closed or died): kill every session, remove workdirs and cgroups."""
-        for pid, (uid, workdir) in list(self.sessions.items()):
-            self.kill(uid, pid, keep=False)
-            self.remove_workdir(workdir)
+        for pid in list(self.sessions):
+            self.kill(pid, keep=False)
+            _remove_tree(self.sessions.pop(pid)[1])
         for paths in self.created.values():
-            for path in paths.values():
-                linux.remove_cgroup(path)
+            self.cgroups.remove(paths)
+        self.cgroups.remove_groups()
 
 
 def _remove_tree(path: str) -> None:
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            os.unlink(os.path.join(root, name))
-        for name in dirs:
-            os.rmdir(os.path.join(root, name))
-    if os.path.isdir(path):
+    """Remove a workdir (in the server's view: a directory, or a tree where sessions share its view)."""
+    with contextlib.suppress(OSError):
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in files:
+                os.unlink(os.path.join(root, name))
+            for name in dirs:
+                os.rmdir(os.path.join(root, name))
         os.rmdir(path)
 
 
-def session_child(server: Server, uid: int, workdir: str, fds: list[int]) -> NoReturn:
+def session_child(server: Server, key: int, workdir: str, fds: list[int]) -> NoReturn:
     """In the forked child: lock down, then serve snippets. Never returns."""
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
-        linux.join_cgroups(server.created[uid])
+        server.cgroups.join(server.created[key])
         devnull = os.open("/dev/null", os.O_RDONLY)
         for target, fd in zip((runtime.CTRL_FD, 1, 2, 0), (*fds, devnull), strict=True):
             os.dup2(fd, target)
         os.closerange(runtime.CTRL_FD + 1, 1 << 16)
-        set_limits(server, uid)
+        if server.mode == "userns":
+            # Before RLIMIT_NPROC: a user namespace inherits its creator's limit as its ceiling.
+            linux.enter_user_namespace(SESSION_UID)
+            with open("/proc/sys/user/max_user_namespaces", "w") as limit:
+                limit.write("0")
+        set_limits(server)
         os.chdir(workdir)
-        if server.root:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        drop_privileges(server.mode, key)
         os.environ.clear()
         os.environ.update({**SESSION_ENV, **THREAD_ENV, "HOME": workdir, "TMPDIR": workdir})
         gc.unfreeze()
@@ -214,7 +219,19 @@ def session_child(server: Server, uid: int, workdir: str, fds: list[int]) -> NoR
     os._exit(70)
 
 
-def set_limits(server: Server, uid: int) -> None:
+def drop_privileges(mode: str, uid: int) -> None:
+    """As root: the session's own uid, no groups. In a user namespace: no capabilities, not dumpable."""
+    if mode == "root":
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    elif mode == "userns":
+        linux.drop_capabilities()
+        linux.prctl(linux.PR_SET_DUMPABLE, 0)
+    linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_limits(server: Server) -> None:
     config = server.config
     memory = server.vm_bytes + (config["memory_mb"] << 20)
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -231,17 +248,26 @@ def main() -> NoReturn:
     os.environ.clear()
     os.environ.update({**SESSION_ENV, **THREAD_ENV})
     namespaces = {
-        kind: os.readlink(f"/proc/self/ns/{kind}") != config[f"{kind}_ns"] for kind in ("net", "mnt")
+        kind: os.readlink(f"/proc/self/ns/{kind}") != config[f"{kind}_ns"] for kind in ("net", "mnt", "user")
     }
-    config["mount_namespace"] = namespaces["mnt"]
-    caps = isolate_filesystem(config)
-    caps["network_namespace"], caps["mount_namespace"] = namespaces["net"], namespaces["mnt"]
+    config["mount_namespace"], config["user_namespace"] = namespaces["mnt"], namespaces["user"]
     with contextlib.suppress(OSError):
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+    caps: dict[str, Any] = {}
     caps["preloaded"], caps["preload_failed"] = preload(config["preload"])
-    server = Server(config, ctrl)
-    caps["cgroups"] = sorted(name for name, ok in server.cgroups.available.items() if ok)
-    caps["separate_uid"] = server.root
+    cgroups = Cgroups(f"genprm-sbx-{config['owner']}")
+    caps.update(isolate_filesystem(config))
+    config["private_root"] = caps["private_root"]
+    server = Server(config, ctrl, cgroups)
+    caps["network_namespace"], caps["mount_namespace"] = namespaces["net"], namespaces["mnt"]
+    caps["user_namespace"], caps["mode"] = namespaces["user"], server.mode
+    caps["cgroups"] = dict(cgroups.available)
+    caps["cgroups_missing"] = {
+        c: cgroups.why.get(c, "no hierarchy") for c in ("memory", "pids", "cpu") if c not in cgroups.available
+    }
+    caps["cgroup_groups"] = [str(g) for g in cgroups.groups]
+    caps["separate_uid"] = server.mode == "root"
+    caps["session_user_namespace"] = server.mode == "userns"
     caps["pid_namespace"] = os.getpid() == 1
     gc.freeze()  # keeps the preloaded heap's pages shared with the forked sessions
     signal.signal(signal.SIGCHLD, server.reap)
