@@ -18,12 +18,19 @@ Semantics (see ``components.backends.base``):
   decoded one id at a time; alternatives whose decoded text collides keep the higher value.
 - With ``seed`` set, ``torch.manual_seed(seed)`` runs at the start of every ``generate`` call, so the same
   seed, inputs and batch size give the same outputs on CPU.
+
+Every model load of the project (policy, completer, teacher, GenPRM, the base model of ``train``, the
+pyfunc) goes through ``load_tokenizer`` / ``load_causal_lm``: a local directory is checked first
+(``check_model_files``: config, JSON files, safetensors headers and sizes), and any failure of
+``from_pretrained`` becomes one ``GenPRMError`` naming the path and what is wrong (the CLI: exit 2).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -37,6 +44,7 @@ from components.backends.base import (
     Sample,
     SamplingParams,
     TokenLogprob,
+    check_local_model,
     cut_at_stop,
     render_prompt,
 )
@@ -59,6 +67,76 @@ class _Logprobs:
     chosen: torch.Tensor
     top_values: torch.Tensor
     top_ids: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------- loading a model
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line (transformers' messages span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def check_safetensors(file: Path) -> None:
+    """Raise GenPRMError naming ``file`` when its header is unreadable or the file is cut short."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if length < 0 or length > size - 8:
+            raise GenPRMError(f"{file}: damaged weights file: truncated ({size} bytes, header unreadable)")
+        try:
+            header = json.loads(handle.read(length))
+            end = max(
+                (int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0
+            )
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise GenPRMError(f"{file}: damaged weights file: unreadable header ({_one_line(exc)})") from exc
+    if 8 + length + end != size:
+        raise GenPRMError(
+            f"{file}: damaged weights file: {size} bytes where its header needs {8 + length + end} "
+            f"({'truncated' if size < 8 + length + end else 'trailing bytes'})"
+        )
+
+
+def check_model_files(model: str) -> None:
+    """For a local model directory: raise GenPRMError naming the first unreadable file in it.
+
+    Checked without loading anything: the directory exists, it has ``config.json`` (or a PEFT
+    ``adapter_config.json``), every ``*.json`` parses, every ``*.safetensors`` has a readable header and
+    exactly the bytes it describes. A hub id is left to ``from_pretrained``.
+    """
+    check_local_model(model)  # a path-like name without its directory: "model directory not found"
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return  # a hub id
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise GenPRMError(f"{path}: not a saved model directory (no config.json)")
+    for file in sorted(path.glob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise GenPRMError(f"{file}: damaged model file: not valid JSON ({_one_line(exc)})") from exc
+    for file in sorted(path.glob("*.safetensors")):
+        check_safetensors(file)
+
+
+def load_tokenizer(model: str) -> Any:
+    """``AutoTokenizer.from_pretrained(model)``; any failure is one GenPRMError naming ``model``."""
+    check_model_files(model)
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except Exception as exc:  # tokenizers, json, OSError, ValueError...: all mean "cannot load it"
+        raise GenPRMError(f"cannot load the tokenizer of {model}: {_one_line(exc)}") from exc
+
+
+def load_causal_lm(model: str, dtype: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(model, dtype=dtype)``; any failure is one GenPRMError."""
+    check_model_files(model)
+    try:
+        return AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+    except Exception as exc:  # safetensors, torch, OSError, ValueError...: all mean "cannot load it"
+        raise GenPRMError(f"cannot load model {model}: {_one_line(exc)}") from exc
 
 
 def resolve_device(device: str) -> str:
@@ -104,19 +182,12 @@ class HFBackend(Backend):
 
     @staticmethod
     def _load_tokenizer(model: str) -> Any:
-        try:
-            return AutoTokenizer.from_pretrained(model)
-        except (OSError, ValueError) as exc:
-            raise GenPRMError(f"cannot load the tokenizer of {model!r}: {exc}") from exc
+        return load_tokenizer(model)
 
     def _load_model(self, cfg: BackendConfig) -> Any:
         if cfg.dtype not in _DTYPES:
             raise GenPRMError(f"backend.dtype: {cfg.dtype!r} is not one of {', '.join(_DTYPES)}")
-        try:
-            model: Any = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=_DTYPES[cfg.dtype])
-        except (OSError, ValueError) as exc:
-            raise GenPRMError(f"cannot load model {cfg.model!r}: {exc}") from exc
-        return model.to(self.device)
+        return load_causal_lm(cfg.model, _DTYPES[cfg.dtype]).to(self.device)
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id

@@ -4,6 +4,7 @@
     genprm bootstrap --set bootstrap.train.steps=200
     genprm params check | genprm params describe [SECTION]
     genprm sandbox run FILE [--timeout 5] | genprm sandbox info
+    genprm score -m models:/genprm@champion --problem TEXT --step TEXT ... | --data FILE.jsonl [--out F]
 
 ``dvc.yaml`` and the Prefect flows call the same entry points (each stage module's ``main``). Bad input
 or configuration prints one message naming the file, line or key and exits with status 2.
@@ -178,6 +179,51 @@ def benchmark_processbench(
     typer.echo(f"mean F1 over {len(scores['subsets'])} subset(s): {scores['mean_f1']:.4f}")
     if out is not None:
         write_json(out, scores)
+
+
+@app.command()
+def score(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A GenPRM: model directory, hub id, MLflow model (models:/genprm@champion), "
+            "or the served model's name with --base-url.",
+        ),
+    ],
+    problem: Annotated[str | None, typer.Option(help="The problem statement.")] = None,
+    step: Annotated[list[str] | None, typer.Option("--step", help="A step of the solution (repeat).")] = None,
+    data: Annotated[Path | None, typer.Option(help="jsonl of {problem, steps} records to score.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write one JSON record per solution (jsonl).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server of the model.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Critiques per solution (Maj@N mean).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Tokens per generation round.")] = None,
+    max_rounds: Annotated[int | None, typer.Option(help="Code executions per step.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Critique sampling temperature.")] = None,
+    logprobs: Annotated[int | None, typer.Option(help="Top-k logprobs (0: verdict text only).")] = None,
+    execute: Annotated[bool | None, typer.Option(help="Run the model's code in the sandbox.")] = None,
+    device: Annotated[str | None, typer.Option(help="hf backend device (auto, cpu, cuda).")] = None,
+) -> None:
+    """Per-step rewards, verdicts and critiques of any GenPRM for a problem and its steps."""
+    from components.data.io import write_jsonl
+    from components.platform import scoring
+
+    configure_runtime()
+    given = {"max_tokens": max_tokens, "max_rounds": max_rounds, "temperature": temperature}
+    given |= {"logprobs": logprobs, "execute": execute}
+    settings = {key: value for key, value in given.items() if value is not None}
+    try:
+        solutions = scoring.solutions_from(problem, step, data)
+        records = scoring.score(model, solutions, samples, base_url, settings, device)
+    except GenPRMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    for number, record in enumerate(records, 1):
+        typer.echo(scoring.render(number, record))
+    if out is not None:
+        write_jsonl(out, records)
+        typer.echo(f"wrote {len(records)} record(s) to {out}")
 
 
 @params_app.command("check")

@@ -85,10 +85,14 @@ class GenPRMPyfunc(PythonModel):
 
     def load_context(self, context: Any) -> None:
         from components.method.scorer import GenPRMScorer
+        from components.platform.errors import GenPRMError
 
         settings = dict(context.model_config or {})
         self.samples = int(settings.pop("samples", 1))
-        self.scorer = GenPRMScorer(scorer_config(settings, context.artifacts["model"]))
+        try:  # a damaged artifact (weights, tokenizer, config): one message naming the file
+            self.scorer = GenPRMScorer(scorer_config(settings, context.artifacts["model"]))
+        except GenPRMError as exc:
+            raise GenPRMError(f"GenPRM pyfunc: {exc}") from exc
 
     # model_input is left unannotated: MLflow reads a type hint there as a schema to enforce (and warns
     # about Any); the logged signature does that job.

@@ -201,13 +201,14 @@ def progress_callback() -> Any:
 
 def load_base(cfg: TrainConfig) -> tuple[Any, Any]:
     """The base model (fp32 weights; bf16 is autocast) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from components.backends.hf import load_causal_lm, load_tokenizer
+    from components.platform.errors import GenPRMError
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.base_model)
-        model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype="float32")
-    except OSError as exc:
-        raise DataError(f"train.base_model: cannot load {cfg.base_model!r}: {exc}") from exc
+    try:  # a missing or damaged directory (weights, tokenizer, config): one message naming the file
+        tokenizer = load_tokenizer(cfg.base_model)
+        model = load_causal_lm(cfg.base_model, "float32")
+    except GenPRMError as exc:
+        raise DataError(f"train.base_model: {exc}") from exc
     if not tokenizer.chat_template:
         raise DataError(f"train.base_model: {cfg.base_model!r} has no chat template")
     if tokenizer.pad_token is None:
