@@ -139,12 +139,9 @@ def overridden_params(params_path: Path, overrides: list[str]) -> Iterator[None]
 
 def experiment_files(project_dir: Path) -> list[str]:
     """``dvc.lock`` and every stage's metrics and plots files that exist (what ``dvc exp show`` reads)."""
-    from components.platform.config import read_params
-
-    params = read_params(project_dir / "params.yaml")
     names = ["dvc.lock"]
     for stage in read_stages(project_dir / "dvc.yaml"):
-        paths = stage_paths(project_dir / "dvc.yaml", stage, params)
+        paths = stage_paths(project_dir / "dvc.yaml", stage)
         names += [str(p) for p in paths.metrics + paths.plots]
     return [n for n in dict.fromkeys(names) if (project_dir / n).is_file()]
 

@@ -101,3 +101,9 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
     assert "Stage 'bootstrap' didn't change" in third.stdout + third.stderr
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["lr"] == 0.001
+
+    # The paper's params over the same workspace: DVC parses every stage and plans a full rerun (a dry
+    # run needs the upstream outputs to exist, which this run made).
+    (project / "params.yaml").write_text((repo_root / "infra/paper/params.yaml").read_text())
+    dry = _dvc(project, "repro", "--dry")
+    assert _ran(dry) >= {"prepare", "rollout", "label", "synthesize", "train", "benchmark"}

@@ -40,6 +40,9 @@ from flows.stages import TRAIN_TAG, StageTimeout, run_stage, stage_tags
 
 
 def _dvc_yaml(tmp_path: Path, stages: dict[str, Any]) -> Path:
+    """A dvc.yaml in a fresh DVC project (stage order is read through DVC's own API)."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     path = tmp_path / "dvc.yaml"
     path.write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     return path

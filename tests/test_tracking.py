@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -36,7 +37,10 @@ DVC_YAML = {
         },
     }
 }
-LOCK = {"schema": "2.0", "stages": {"prepare": {"outs": [{"path": "data/prep", "md5": "abc123.dir"}]}}}
+LOCK = {
+    "schema": "2.0",
+    "stages": {"prepare": {"cmd": "x", "outs": [{"path": "data/prep", "hash": "md5", "md5": "abc123.dir"}]}},
+}
 PARAMS = {"prepare": {"output_dir": "data/prep", "num_problems": 10}, "bootstrap": {"train": {"lr": 0.1}}}
 
 
@@ -49,6 +53,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "dvc.lock").write_text(yaml.safe_dump(LOCK))
     git = ["git", "-C", str(root), "-c", "user.email=t@t", "-c", "user.name=t"]
     subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=root, check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "init"], check=True)
     monkeypatch.chdir(root)

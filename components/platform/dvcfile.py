@@ -1,31 +1,29 @@
-"""Reading ``dvc.yaml`` and ``dvc.lock`` without DVC: stage order, a stage's paths, recorded hashes.
+"""The pipeline as DVC sees it: stage order, a stage's paths, the hashes of the data it reads.
 
-The Prefect flow derives its task order from here (never a hard-coded stage list) and the MLflow
-adapter (``components/platform/tracking.py``) finds a stage's metrics, plots and reports to log, and the DVC
-hashes of the data a stage reads.
+Read through DVC's own API (``dvc.repo.Repo``: its index of stages with ``${...}`` resolved from
+params.yaml, the dependency graph, the hashes ``dvc.lock`` records), never by parsing ``dvc.yaml`` by
+hand. The Prefect flow derives its task order from here (never a hard-coded stage list) and the MLflow
+adapter (``components/platform/tracking.py``) finds a stage's metrics, plots and reports to log, and
+the DVC hashes of the data a stage reads. Outside a DVC project (``genprm prepare`` in a scratch
+directory) a stage has no paths and the order is empty: the stage still runs and is tracked.
 
-    order = stage_order(Path("dvc.yaml"))                       # ['prepare', 'bootstrap', ...]
-    paths = stage_paths(Path("dvc.yaml"), "label", raw_params)  # ${...} resolved from params
-    inputs = stage_inputs(Path("."), "bootstrap", raw_params)   # [(path, md5), ...] from dvc.lock
+    order = stage_order(Path("dvc.yaml"))                 # ['prepare', 'bootstrap', ...]
+    paths = stage_paths(Path("dvc.yaml"), "label")        # deps, outs, metrics, plots
+    inputs = stage_inputs(Path("."), "bootstrap")         # [(path, md5), ...] of upstream outputs
 """
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
-_TEMPLATE = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
-
 
 @dataclass(frozen=True)
 class StagePaths:
-    """The paths a stage names in dvc.yaml (``${...}`` resolved where params were given)."""
+    """The paths a stage names in dvc.yaml (``${...}`` resolved by DVC), relative to the project."""
 
     deps: list[PurePosixPath] = field(default_factory=list)
     outs: list[PurePosixPath] = field(default_factory=list)
@@ -37,101 +35,95 @@ class StagePaths:
         return self.outs + self.metrics + self.plots
 
 
-def _lookup(params: dict[str, Any], dotted: str) -> str:
-    node: Any = params
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return "${" + dotted + "}"  # left as written: DVC itself reports the missing key
-        node = node[key]
-    return str(node)
+@contextlib.contextmanager
+def _repo(project_dir: Path) -> Iterator[Any]:
+    """DVC's repo rooted exactly at ``project_dir`` (None when that is not a DVC project)."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    root = Path(project_dir).resolve()
+    try:
+        repo = Repo(str(root))
+    except NotDvcRepoError:
+        yield None
+        return
+    with repo:
+        yield repo if Path(repo.root_dir).resolve() == root else None
 
 
-def resolve(text: str, params: dict[str, Any] | None) -> str:
-    """``text`` with each ``${a.b}`` replaced by that params value (unchanged without params)."""
-    if params is None:
-        return text
-    return _TEMPLATE.sub(lambda m: _lookup(params, m.group(1)), text)
+def _pipeline_stages(repo: Any, dvc_yaml: Path) -> list[Any]:
+    """The stages defined in ``dvc_yaml``, in file order."""
+    target = Path(dvc_yaml).resolve()
+    return [s for s in repo.index.stages if s.cmd and Path(s.path).resolve() == target]
 
 
-def _paths(entries: Iterable[Any] | None, params: dict[str, Any] | None = None) -> list[PurePosixPath]:
-    """Paths of dvc.yaml deps/outs entries: plain strings or one-key mappings ``{path: {options}}``."""
-    paths = []
-    for entry in entries or []:
-        for item in entry if isinstance(entry, dict) else [entry]:
-            paths.append(PurePosixPath(os.path.normpath(resolve(str(item), params))))
-    return paths
+def _rel(path: Any, repo: Any) -> PurePosixPath:
+    return PurePosixPath(Path(path.fs_path).resolve().relative_to(Path(repo.root_dir).resolve()).as_posix())
 
 
-def overlaps(dep: PurePosixPath, out: PurePosixPath) -> bool:
-    """A dep needs an out when it is the out, lies inside it, or contains it."""
-    return dep == out or out in dep.parents or dep in out.parents
-
-
-def read_stages(dvc_yaml: Path) -> dict[str, Any]:
-    """The ``stages`` mapping of ``dvc_yaml`` (empty when the file has none or does not exist: a stage run
-    outside a DVC project, e.g. ``genprm prepare`` in a scratch directory, still runs and is tracked)."""
-    if not Path(dvc_yaml).is_file():
-        return {}
-    return (yaml.safe_load(Path(dvc_yaml).read_text()) or {}).get("stages") or {}
-
-
-def stage_paths(dvc_yaml: Path, stage: str, params: dict[str, Any] | None = None) -> StagePaths:
-    """The deps, outs, metrics and plots of ``stage``; an unknown stage has none."""
-    spec = read_stages(dvc_yaml).get(stage) or {}
+def _paths(stage: Any, repo: Any) -> StagePaths:
+    outs = [o for o in stage.outs if not (o.metric or o.plot)]
     return StagePaths(
-        deps=_paths(spec.get("deps"), params),
-        outs=_paths(spec.get("outs"), params),
-        metrics=_paths(spec.get("metrics"), params),
-        plots=_paths(spec.get("plots"), params),
+        deps=[_rel(d, repo) for d in stage.deps],
+        outs=[_rel(o, repo) for o in outs],
+        metrics=[_rel(o, repo) for o in stage.outs if o.metric],
+        plots=[_rel(o, repo) for o in stage.outs if o.plot],
     )
 
 
-def stage_order(dvc_yaml: Path, params: dict[str, Any] | None = None) -> list[str]:
-    """The stages of ``dvc_yaml`` in dependency order (ties keep file order); a cycle is an error.
-
-    ``${...}`` paths are resolved from ``params`` (default: the params.yaml beside ``dvc_yaml``), so a
-    stage reading ``${train.output_dir}`` comes after the stage writing it.
-    """
-    stages = read_stages(dvc_yaml)
-    if params is None and (Path(dvc_yaml).parent / "params.yaml").is_file():
-        params = yaml.safe_load((Path(dvc_yaml).parent / "params.yaml").read_text()) or {}
-    paths = {name: stage_paths(dvc_yaml, name, params) for name in stages}
-    needs = {
-        name: {
-            other
-            for other in stages
-            if other != name and any(overlaps(d, o) for d in paths[name].deps for o in paths[other].produced)
-        }
-        for name in stages
-    }
-    order: list[str] = []
-    while len(order) < len(stages):
-        ready = [n for n in stages if n not in order and needs[n] <= set(order)]
-        if not ready:
-            left = sorted(set(stages) - set(order))
-            raise ValueError(f"{dvc_yaml}: the stages {left} depend on each other in a cycle")
-        order.append(ready[0])
-    return order
+def read_stages(dvc_yaml: Path) -> list[str]:
+    """The stage names of ``dvc_yaml`` in file order (none outside a DVC project)."""
+    with _repo(Path(dvc_yaml).parent) as repo:
+        return [] if repo is None else [s.name for s in _pipeline_stages(repo, dvc_yaml)]
 
 
-def stage_inputs(project_dir: Path, stage: str, params: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """``(path, md5)`` of each upstream output ``stage`` reads, as recorded in ``dvc.lock``.
+def stage_paths(dvc_yaml: Path, stage: str) -> StagePaths:
+    """The deps, outs, metrics and plots of ``stage``; an unknown stage has none."""
+    with _repo(Path(dvc_yaml).parent) as repo:
+        if repo is None:
+            return StagePaths()
+        found = [s for s in _pipeline_stages(repo, dvc_yaml) if s.name == stage]
+        return _paths(found[0], repo) if found else StagePaths()
 
-    Upstream stages finish (and are locked) before ``stage`` runs, so their lock entries describe the
+
+def stage_order(dvc_yaml: Path) -> list[str]:
+    """The stages of ``dvc_yaml`` in dependency order (ties keep file order); a cycle is a ValueError."""
+    import networkx as nx
+    from dvc.exceptions import CyclicGraphError
+
+    with _repo(Path(dvc_yaml).parent) as repo:
+        if repo is None:
+            return []
+        stages = _pipeline_stages(repo, dvc_yaml)
+        position = {s.name: i for i, s in enumerate(stages)}
+        try:
+            graph = repo.index.graph.subgraph(stages).reverse()  # edges: a stage -> what it needs
+        except CyclicGraphError as exc:
+            raise ValueError(f"{dvc_yaml}: the stages depend on each other in a cycle ({exc})") from exc
+        return [s.name for s in nx.lexicographical_topological_sort(graph, key=lambda s: position[s.name])]
+
+
+def stage_inputs(project_dir: Path, stage: str) -> list[tuple[str, str]]:
+    """``(path, md5)`` of each upstream output ``stage`` reads, as DVC recorded it in ``dvc.lock``.
+
+    Upstream stages finish (and are locked) before ``stage`` runs, so their recorded hashes describe the
     data this run reads. Source files (deps that no stage produces) are not datasets and are left out.
     """
-    lock_path = Path(project_dir) / "dvc.lock"
-    if not lock_path.exists():
-        return []
-    locked = (yaml.safe_load(lock_path.read_text()) or {}).get("stages") or {}
-    deps = stage_paths(Path(project_dir) / "dvc.yaml", stage, params).deps
-    found: dict[str, str] = {}
-    for name, entry in locked.items():
-        if name == stage:
-            continue
-        for out in entry.get("outs") or []:
-            path = PurePosixPath(os.path.normpath(str(out.get("path", ""))))
-            digest = out.get("md5") or out.get("etag") or out.get("checksum")
-            if digest and any(overlaps(dep, path) for dep in deps):
-                found[str(path)] = str(digest)
-    return sorted(found.items())
+    with _repo(Path(project_dir)) as repo:
+        if repo is None:
+            return []
+        by_name = {s.name: s for s in _pipeline_stages(repo, Path(project_dir) / "dvc.yaml")}
+        if stage not in by_name:
+            return []
+        found = {}
+        for upstream in repo.index.graph.successors(by_name[stage]):
+            for out in upstream.outs:
+                if out.hash_info and out.hash_info.value:
+                    found[str(_rel(out, repo))] = str(out.hash_info.value)
+        deps = [_rel(d, repo) for d in by_name[stage].deps]
+        return sorted((p, h) for p, h in found.items() if any(_overlaps(d, PurePosixPath(p)) for d in deps))
+
+
+def _overlaps(dep: PurePosixPath, out: PurePosixPath) -> bool:
+    """A dep needs an out when it is the out, lies inside it, or contains it."""
+    return dep == out or out in dep.parents or dep in out.parents

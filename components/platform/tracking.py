@@ -102,9 +102,9 @@ class StageRun:
             guarded("log metrics", self.tracker.log_metrics, self.run_id, self.logged)
 
 
-def stage_files(project_dir: Path, stage: str, params: dict[str, Any]) -> list[Path]:
+def stage_files(project_dir: Path, stage: str) -> list[Path]:
     """The stage's metrics and plots files and its outputs under ``reports/`` (plus ``reports/<stage>``)."""
-    paths = dvcfile.stage_paths(Path(project_dir) / "dvc.yaml", stage, params)
+    paths = dvcfile.stage_paths(Path(project_dir) / "dvc.yaml", stage)
     names = paths.metrics + paths.plots + [o for o in paths.outs if o.parts[:1] == (REPORTS_DIR,)]
     found = [Path(project_dir) / str(p) for p in names]
     found.append(Path(project_dir) / REPORTS_DIR / stage)
@@ -156,7 +156,7 @@ def stage_run(
         return
     started = time.time()
     guarded("log params", tracker.log_params, run.run_id, params)
-    inputs = guarded("read dvc.lock", dvcfile.stage_inputs, Path(project_dir), stage, params) or []
+    inputs = guarded("read dvc.lock", dvcfile.stage_inputs, Path(project_dir), stage) or []
     guarded("log inputs", tracker.log_inputs, run.run_id, inputs)
     ok, message = False, None
     try:
@@ -167,7 +167,7 @@ def stage_run(
         message = _short(exc)
         raise
     finally:
-        files = stage_files(Path(project_dir), stage, params)
+        files = guarded("list the stage's files", stage_files, Path(project_dir), stage) or []
         guarded("log artifacts", tracker.log_files, run.run_id, files, started)
         guarded("end the run", tracker.finish, run.run_id, ok, message)
 
@@ -197,8 +197,7 @@ class PipelineRun:
 
     def record_stage(self, stage: str, outcome: str) -> dict[str, float]:
         """Tag the stage's outcome and log its metrics files into the parent as ``<stage>.<key>``."""
-        params = raw_params(self.params_path, self.overrides)
-        paths = dvcfile.stage_paths(self.project_dir / "dvc.yaml", stage, params).metrics
+        paths = dvcfile.stage_paths(self.project_dir / "dvc.yaml", stage).metrics
         metrics: dict[str, float] = {}
         for path in paths:
             file = self.project_dir / str(path)
