@@ -11,13 +11,17 @@ as the artifact ``model``, the scorer settings the benchmark measured as ``model
     out["reward_source"][0]  # "logprobs", or "verdict_text" when the backend had no logprobs
 
 Each row is scored by the critique loop of ``components/method/scorer.py``: the model's code runs in the
-sandbox and its output is fed back before the verdict.
+sandbox and its output is fed back before the verdict. The sandbox always requires isolation here
+(``sandbox.isolation: required``, whatever the benchmark ran with): the request's problem text steers
+the code, so a served model runs it confined or not at all. Only whoever serves the model can opt out,
+for that process: ``GENPRM_SANDBOX_ISOLATION=none mlflow models serve ...``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import shutil
 import tempfile
@@ -32,6 +36,7 @@ from mlflow.pyfunc import PythonModel
 COMPONENTS = Path(__file__).resolve().parent
 INPUT_COLUMNS = ("problem", "steps")
 OUTPUT_COLUMNS = ("rewards", "reward_source", "missing_verdicts", "code_runs", "code_failures")
+ISOLATION_ENV = "GENPRM_SANDBOX_ISOLATION"  # the serving process's explicit opt-out (never logged)
 
 
 def model_signature(samples: int) -> Any:
@@ -59,8 +64,15 @@ def scorer_config(settings: dict[str, Any], model_dir: str) -> Any:
     from components.method.scorer import ScorerConfig
     from components.platform.config import build_config
 
-    cfg = build_config(ScorerConfig, settings, "model_config")
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, model=model_dir))
+    cfg = build_config(ScorerConfig, served_settings(settings), "model_config")
+    sandbox = dataclasses.replace(cfg.sandbox, isolation=os.environ.get(ISOLATION_ENV, "required"))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, model=model_dir), sandbox=sandbox)
+
+
+def served_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The scorer settings without a sandbox isolation opt-out (a served model never inherits one)."""
+    sandbox = {k: v for k, v in (settings.get("sandbox") or {}).items() if k != "isolation"}
+    return {**settings, "sandbox": sandbox}
 
 
 def as_rows(model_input: Any) -> list[tuple[str, list[str]]]:
@@ -155,7 +167,7 @@ def log_genprm(
             name="genprm",
             python_model=GenPRMPyfunc(),
             artifacts={"model": str(model_dir)},
-            model_config={**settings, "samples": samples},
+            model_config={**served_settings(settings), "samples": samples},
             code_paths=[str(code)],
             pip_requirements=pinned(requirements),
             signature=model_signature(samples),

@@ -8,7 +8,7 @@ in groups without processes of their own, and the caller's group has the caller)
 server keeps a directory fd per base, so groups can be made after it pivoted into its minimal root;
 ``paths`` are host paths the caller reads (``read_cpu_ns``, ``read_oom_kills``) and removes.
 
-    groups = Cgroups("genprm-sbx-1")          # groups.available: {"memory": "v1", "pids": "v2", ...}
+    groups = Cgroups("genprm-sbx-1")          # groups.available: {"memory": "v1", "cpu": "v2", ...}
     paths = groups.create("s1", memory_bytes=..., pids=32)   # {"memory": host path, ...}
 """
 
@@ -57,7 +57,7 @@ def _write(path: Path, value: str) -> bool:
 class Cgroups:
     """The session groups this fork server can make: ``available`` maps a controller to "v1"/"v2"."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, versions: tuple[str, ...] = ("v1", "v2")) -> None:
         self.prefix = prefix
         self.bases: dict[str, tuple[Path, str]] = {}  # controller -> (parent dir, name prefix)
         self.available: dict[str, str] = {}
@@ -67,7 +67,7 @@ class Cgroups:
         for controller in CONTROLLERS:
             base = ROOT / _V1_NAMES[controller]
             name = _V1_NAMES[controller]
-            if name in v1 and (base / "cgroup.procs").is_file():
+            if "v1" in versions and name in v1 and (base / "cgroup.procs").is_file():
                 parent = base / v1[name].lstrip("/")
                 if self._probe(parent):
                     self.bases[controller] = (parent, f"{prefix}-")
@@ -75,7 +75,7 @@ class Cgroups:
                 else:
                     self.why[controller] = f"v1 {parent} is not writable"
         missing = [c for c in CONTROLLERS if c not in self.available]
-        if missing and v2 is not None:
+        if missing and v2 is not None and "v2" in versions:
             self._setup_v2(v2, missing)
         self.fds = {c: os.open(parent, os.O_PATH | os.O_DIRECTORY) for c, (parent, _) in self.bases.items()}
 
