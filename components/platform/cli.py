@@ -265,6 +265,7 @@ def sandbox_run(
     timeout: Annotated[float, typer.Option(help="Wall-clock limit (seconds).")] = 5.0,
     cpu: Annotated[float, typer.Option(help="CPU-time limit (seconds).")] = 5.0,
     memory_mb: Annotated[int, typer.Option(help="Address-space limit above the warm worker (MiB).")] = 1024,
+    isolation: Annotated[str, typer.Option(help="required, or none: run the file UNCONFINED.")] = "required",
 ) -> None:
     """Run FILE in a fresh sandbox session; print the result and the sandbox's capabilities as JSON."""
     configure_runtime()
@@ -273,7 +274,10 @@ def sandbox_run(
     try:
         if not file.is_file():
             raise GenPRMError(f"{file}: no such file")
-        with Sandbox(SandboxConfig(timeout_s=timeout, cpu_s=cpu, memory_mb=memory_mb, workers=1)) as sandbox:
+        config = SandboxConfig(
+            timeout_s=timeout, cpu_s=cpu, memory_mb=memory_mb, workers=1, isolation=isolation
+        )
+        with Sandbox(config) as sandbox:
             result = sandbox.run(file.read_text())
             report = {**result.to_dict(), "capabilities": sandbox.capabilities()}
     except GenPRMError as exc:
@@ -288,8 +292,12 @@ def sandbox_info() -> None:
     configure_runtime()
     from components.sandbox import Sandbox, SandboxConfig
 
-    with Sandbox(SandboxConfig(workers=1)) as sandbox:
-        typer.echo(json.dumps(sandbox.capabilities(), indent=2))
+    try:
+        with Sandbox(SandboxConfig(workers=1)) as sandbox:
+            typer.echo(json.dumps(sandbox.capabilities(), indent=2))
+    except GenPRMError as exc:  # e.g. the sandbox refuses: no isolation here
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 def main() -> None:
