@@ -96,7 +96,7 @@ def select_stages(order: list[str], wanted: list[str] | None) -> list[str]:
     return [s for s in order if s in wanted]
 
 
-def uses_dvc(project_dir: Path, params: str, overrides: list[str] | None = None) -> bool:
+def uses_dvc(project_dir: Path, params: str) -> bool:
     """True for the ``dvc repro`` route: the project's own params.yaml (overrides are written into it)."""
     return (project_dir / params).resolve() == (project_dir / "params.yaml").resolve()
 
