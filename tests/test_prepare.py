@@ -393,3 +393,32 @@ def test_data_errors_name_file_and_line(tmp_path: Path) -> None:
     cfg = PrepareConfig(source="file", file=FileSourceConfig(path=str(path)))
     with pytest.raises(DataError, match=r"x\.jsonl:2: expected a JSON object, got int"):
         run(cfg, WORLD)
+
+
+def test_cli_boxed_answers_from_solutions(workdir: Path, repo_root: Path) -> None:
+    """`prepare.file.answer_format: boxed`: the gold answer is the last \\boxed{} of the solution."""
+    fixture = repo_root / "tests" / "fixtures" / "boxed_solutions.jsonl"
+    file_keys = [f"prepare.file.path={fixture}", "prepare.file.answer_field=solution"]
+    result = _prepare("prepare.source=file", *file_keys, "prepare.file.answer_format=boxed")
+    assert result.exit_code == 0, result.output
+    frames = [pd.read_parquet(workdir / "out" / f"{name}.parquet") for name in ("train", "test")]
+    answers = set(pd.concat(frames)["answer"])
+    assert answers == {r"\frac{1}{2}", r"\left( 3, \frac{\pi}{2} \right)", "2", r"\text{(C)}"}
+
+
+def test_cli_boxed_answer_missing_names_file_and_line(workdir: Path) -> None:
+    rows = [{"problem": "a", "solution": r"so $\boxed{1}$"}, {"problem": "b", "solution": "no box: 2"}]
+    path = _write_jsonl(workdir / "math_train.jsonl", rows)
+    keys = [f"prepare.file.path={path}", "prepare.file.answer_field=solution"]
+    result = _prepare("prepare.source=file", *keys, "prepare.file.answer_format=boxed")
+    _assert_user_error(result, f"{path}:2: no complete \\boxed{{...}} in field 'solution'")
+    assert not (workdir / "out").exists()
+
+
+def test_cli_list_answers(workdir: Path, repo_root: Path) -> None:
+    """OlympiadBench-style `final_answer: ["2"]`: the first element, no 'expected a string' at line 1."""
+    fixture = repo_root / "tests" / "fixtures" / "list_answers.jsonl"
+    keys = ["prepare.file.problem_field=question", "prepare.file.answer_field=final_answer"]
+    result = _prepare("prepare.source=file", f"prepare.file.path={fixture}", *keys)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["loaded"] == 4
