@@ -172,7 +172,8 @@ def load_units(rollouts: Path, count: int) -> list[Unit]:
         from components.data.io import read_parquet
 
         print(f"paths: kept paths of {rollouts}")
-        return rollout_units(read_parquet(rollouts), rollouts)[:count]
+        # the pass rate as MC_0 (label.mc0: rollout): both methods then start from the same MC_0
+        return rollout_units(read_parquet(rollouts), rollouts, mc0="rollout")[:count]
     print(f"paths: {rollouts} not found; synthetic problems with 1 gold + 3 one-error solutions each")
     return synthetic_units(count)
 

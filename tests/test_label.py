@@ -72,7 +72,11 @@ def test_k_schedule_paper_setting() -> None:
         (0.625, [0.5], 0.8, [1]),  # 5/8 -> 4/8 is exactly 0.8
         (0.3, [0.24], 0.8, [1]),  # 0.24 / 0.3 is 0.7999999999999999 in floats: the tolerance keeps it
         (0.5, [0.0, 0.5], 0.8, [0, 0]),  # the step after a step with MC 0 is 0 (0/0 and x/0 alike)
-        (0.0, [0.0, 0.0], 0.8, [0, 0]),  # MC_0 = 0
+        (0.0, [0.0, 0.0], 0.8, [0, 0]),  # MC_0 = 0 and no progress after step 1 either
+        (0.0, [0.5, 0.5], 0.8, [1, 1]),  # MC_0 = 0: step 1 is judged by MC_1 > 0 (the ratio at MC_0 -> 0+)
+        (0.0, [0.25, 0.125], 0.8, [1, 0]),  # ... and later steps by the ratio as usual
+        (0.0, [0.0, 1.0], 0.8, [0, 0]),  # a step after a step with MC 0 stays 0
+        (0.0, [1.0], 0.8, [1]),  # a one-step correct path of a problem the completer never solved
         (0.5, [0.5, 0.625, 0.6], 1.0, [1, 1, 0]),  # epsilon 1: no drop at all allowed
         (0.5, [0.25, 0.125], 0.5, [1, 1]),
         (0.8, [0.2, 1.0], 0.5, [0, 1]),
@@ -148,6 +152,76 @@ def test_estimate_fractions_dedup_and_cost() -> None:
     assert est.spend[0].no_answer == 1 + 3
 
 
+def test_mc0_comes_from_the_completer_or_the_rollout() -> None:
+    """RPE's first ratio P_1 = MC_1 / MC_0 with both from the completer, or MC_0 = the rollout pass rate."""
+    steps = ["a", "b", "c"]
+    paths = [PathInput("p1/0", steps, True)]
+    frame = pd.DataFrame(rollout_rows(1))
+    # a weak policy (pass rate 0.25) and a strong completer: MC_0 = 8/8 from the bare prompt, MC_1 = 4/8
+    backend = ScriptedBackend({"Step 1: ": 8, prefix_text(steps, 1): 4, prefix_text(steps, 2): 4})
+    cfg = LabelConfig(mc0_samples=8, k_high=8, k_mid=8, epsilon=0.8)
+    mixed = estimate(backend, cfg, Unit("rollout", "p1", "Q?", GOLD, 0.25, paths))
+    assert len(backend.calls) == 2, "the pass rate is given: no wave 0"
+    # the two models' numbers mixed: step 1 looks like progress (0.5 / 0.25 = 2)
+    assert (mixed.mc0, mixed.mc[0][0], rpe_labels(mixed.mc0, mixed.mc[0], 0.8)) == (0.25, 0.5, [1, 1, 1])
+    backend.calls.clear()
+    [unit] = rollout_units(frame.assign(pass_rate=0.25), mc0="completer")
+    own = estimate(backend, cfg, Unit(unit.kind, "p1", "Q?", GOLD, unit.mc0, paths))
+    assert backend.calls[0] == (["Step 1: "], 8, unit_seed(cfg.seed, "rollout:p1", 0))
+    # the completer against itself: step 1 halves its chance (0.5 / 1.0 < 0.8)
+    assert (own.mc0, own.k, rpe_labels(own.mc0, own.mc[0], 0.8)) == (1.0, 8, [0, 1, 1])
+    assert own.spend[0].completions == 8 + 8 + 8
+
+
+def test_a_correct_path_with_mc0_zero_is_labelled_by_its_steps() -> None:
+    """The completer never solves the bare problem (MC_0 = 0), but solves it after each step of a right
+    path: the steps are sampled and labelled right, not all wrong because of MC_0."""
+    steps = ["a", "b", "c"]
+    backend = ScriptedBackend({prefix_text(steps, 1): 2, prefix_text(steps, 2): 16})
+    cfg = LabelConfig(mc0_samples=8, k_low=16)
+    unit = Unit("processbench", "r", "Q?", GOLD, None, [PathInput("r", steps, True, -1)])
+    est = estimate(backend, cfg, unit)
+    assert (est.mc0, est.k, est.mc) == (0.0, 16, [[0.125, 1.0, 1.0]])
+    assert rpe_labels(est.mc0, est.mc[0], cfg.epsilon) == [1, 1, 1]
+    assert hard_labels(est.mc[0]) == [1, 1, 1]
+
+
+def test_mc0_source_is_part_of_the_journal_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress labelled with one MC_0 source is never resumed with the other."""
+    from components.stages.label import stage_fingerprint
+
+    write_inputs(tmp_path, 1, 1)
+    monkeypatch.chdir(tmp_path)
+    files = {"input": "in/rollouts.parquet", "processbench_input": "in/pb.jsonl"}
+    completer, rollout = LabelConfig(**files), LabelConfig(**files, mc0="rollout")
+    assert stage_fingerprint(completer) != stage_fingerprint(rollout)
+    journal = Journal(tmp_path / "progress.jsonl", stage_fingerprint(rollout))
+    journal.append("rollout:p0", [{"v": 1}])
+    with pytest.raises(DataError, match="different settings"):
+        Journal(tmp_path / "progress.jsonl", stage_fingerprint(completer))
+    with pytest.raises(ConfigError, match=r"label\.mc0"):
+        from components.platform.config import build_config
+
+        build_config(LabelConfig, {"mc0": "policy"}, "label")
+
+
+@pytest.mark.parametrize("mode", ["step_marker", "blank_line"])
+def test_prefixes_hold_each_step_marker_once(mode: str) -> None:
+    """Rollout paths split either way give the completer ``Step 1: a\\nStep 2: b\\n``, never
+    ``Step 1: Step 1: a``: the rollout's prefill (and any marker the policy wrote) is no step content."""
+    from components.method.paths import make_path
+
+    text = {"step_marker": "2 + 3 = 5.\nStep 2: 5 * 2 = 10.\nStep 3: \\boxed{10}"}.get(
+        mode, "2 + 3 = 5.\n\nStep 2: 5 * 2 = 10.\n\n\\boxed{10}"
+    )
+    path = make_path(0, 0, Sample(text, "stop", 10, 10), "10", mode)  # type: ignore[arg-type]
+    assert path.steps == ["2 + 3 = 5.", "5 * 2 = 10.", "\\boxed{10}"]
+    assert prefix_text(path.steps, 1) == "Step 1: 2 + 3 = 5.\n"
+    assert prefix_text(path.steps, 2) == "Step 1: 2 + 3 = 5.\nStep 2: 5 * 2 = 10.\n"
+
+
 def _paths_for_tiny_model() -> list[PathInput]:
     return [
         PathInput("a", [BOX, "keep going", "and on", BOX], True),  # alive to the end
@@ -195,7 +269,8 @@ def test_waves_stop_after_mc_zero_on_a_real_backend(tiny_backend: Backend) -> No
         [prefix_text(a, 3)],  # wave 3: c has no step-3 prefix to sample (its last step is step 3)
     ]
     assert [s.completions for s in est.spend] == [12, 4, 4]
-    # a problem whose paths all die in wave 1 costs one call; a record with MC_0 = 0 costs only wave 0
+    # a problem whose paths all die in wave 1 costs one call; a record with MC_0 = 0 costs wave 0 and
+    # wave 1 (MC_0 = 0 stops nothing: step 1 is judged by MC_1), then stops at MC_1 = 0
     counting.calls.clear()
     dead = [PathInput("x", ["nope", "n2", "n3"], False), PathInput("y", ["nah", "n2"], True)]
     assert estimate(counting, cfg, Unit("rollout", "q", "Q", GOLD, 0.5, dead)).mc == [[0.0] * 3, [0.0] * 2]
@@ -203,8 +278,8 @@ def test_waves_stop_after_mc_zero_on_a_real_backend(tiny_backend: Backend) -> No
     counting.calls.clear()
     record = Unit("processbench", "r", "Q", GOLD, None, [PathInput("r", ["s1", "s2", "s3"], True, -1)])
     est = estimate(counting, cfg, record)
-    assert (est.mc0, est.mc, len(counting.calls)) == (0.0, [[0.0, 0.0, 0.0]], 1)
-    assert counting.calls[0] == ["Step 1: "]
+    assert (est.mc0, est.k, est.mc) == (0.0, cfg.k_low, [[0.0, 0.0, 0.0]])
+    assert counting.calls == [["Step 1: "], [prefix_text(["s1"], 1)]]
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -244,10 +319,13 @@ def rollout_rows(problems: int, with_box: bool = True) -> list[dict[str, Any]]:
 
 
 def test_rollout_units_group_kept_paths() -> None:
-    units = rollout_units(pd.DataFrame(rollout_rows(2)), "r.parquet")
+    units = rollout_units(pd.DataFrame(rollout_rows(2)), "r.parquet", mc0="rollout")
     assert [u.key for u in units] == ["rollout:p0", "rollout:p1"]
     assert [[p.path_id for p in u.paths] for u in units] == [["p0/0", "p0/1"], ["p1/0", "p1/1"]]
     assert units[0].mc0 == 0.5 and units[0].paths[0].correct and not units[0].paths[1].correct
+    # the default: MC_0 is left to the completer (estimated in wave 0, like a ProcessBench record's)
+    assert LabelConfig().mc0 == "completer"
+    assert [u.mc0 for u in rollout_units(pd.DataFrame(rollout_rows(2)), "r.parquet")] == [None, None]
 
 
 @pytest.mark.parametrize(
@@ -295,6 +373,7 @@ def write_inputs(folder: Path, problems: int, records: int) -> None:
 def write_params(folder: Path, model: Path, **label: Any) -> Path:
     section = {
         "completer": {"model": str(model), "batch_size": 16},
+        "k_low": 4,  # the tiny model never solves a bare problem: its MC_0 estimates are 0
         "k_mid": 4,
         "mc0_samples": 4,
         "max_tokens": 24,
@@ -359,8 +438,10 @@ def test_one_run_equals_merged_shards(
     assert [r["path_id"] for r in tables["labels"]] == [f"p{p}/{i}" for p in range(3) for i in (0, 1)]
     boxed = tables["labels"][0]  # p0/0 boxes gold in step 1: MC 1, 1 (prefix), then its own answer
     assert (boxed["mc"], boxed["rpe_labels"], boxed["k"]) == ([1.0, 1.0, 1.0], [1, 1, 1], 4)
+    assert boxed["mc0"] == 0.0, "MC_0 from the completer (the default), not the rollout pass rate 0.5"
     plain = tables["labels"][2]  # p1/0 never boxes before its last step: MC_1 = 0 and stop
-    assert (plain["mc"], plain["hard_labels"], plain["completions"]) == ([0.0, 0.0, 0.0], [0, 0, 0], 4)
+    # cost: wave 0 (mc0_samples) and wave 1 (K), both charged to the problem's first path
+    assert (plain["mc"], plain["hard_labels"], plain["completions"]) == ([0.0, 0.0, 0.0], [0, 0, 0], 8)
     assert metrics["rollouts"]["paths"] == 6 and metrics["processbench"]["paths"] == 4
     assert set(metrics["processbench"]["rpe"]) == {"acc_error", "acc_correct", "f1"}
     plot = json.loads((one / "plots" / "label_epsilon.json").read_text())
@@ -394,7 +475,7 @@ def test_merge_needs_every_shard(tiny_model: Path, tmp_path: Path, monkeypatch: 
 
 def test_run_resumes_from_the_journal(tiny_backend: Backend, tmp_path: Path) -> None:
     cfg = LabelConfig(k_mid=4, max_tokens=12)
-    units = rollout_units(pd.DataFrame(rollout_rows(3)))  # p0 and p2 take two waves, p1 one
+    units = rollout_units(pd.DataFrame(rollout_rows(3)), mc0="rollout")  # p0, p2: two waves, p1 one
     counting = Counting(tiny_backend)
     full = run(cfg, units, Journal(tmp_path / "a.jsonl", "f"), counting)
     assert len(counting.calls) == 5

@@ -101,7 +101,9 @@ def test_estimate_label_tokens_follow_the_formula() -> None:
     low, mid, high = a["k_band_shares"]
     k = (low * label["k_low"] + mid * label["k_mid"] + high * label["k_high"]) / (low + mid + high)
     prefixes = a["problems"] * a["kept_fraction"] * paths * (a["steps"] - 1) * a["sampled_fraction"]
-    expected = prefixes * k * a["completion_tokens"]
+    assert label["mc0"] == "completer"  # MC_0 sampled by the completer: mc0_samples per kept problem
+    mc0 = a["problems"] * a["kept_fraction"] * label["mc0_samples"]
+    expected = (prefixes * k + mc0) * a["completion_tokens"]
     assert row(result, "label")["tokens"] == pytest.approx(expected)
     assert row(result, "label")["gpu_hours"] == pytest.approx(expected / a["tokens_per_s_7b"] / 3600)
 
@@ -112,7 +114,14 @@ def test_estimate_follows_the_params_file_and_the_measured_throughput(tmp_path: 
     halved = tmp_path / "params.yaml"
     halved.write_text(yaml.safe_dump(raw))
     base, half = run_estimate(), run_estimate("--params", str(halved))
-    assert row(half, "label")["tokens"] == pytest.approx(row(base, "label")["tokens"] / 2)
+    a = base["assumptions"]
+    mc0 = a["problems"] * a["kept_fraction"] * raw["label"]["mc0_samples"] * a["completion_tokens"]
+    assert row(half, "label")["tokens"] - mc0 == pytest.approx((row(base, "label")["tokens"] - mc0) / 2)
+    raw["label"]["mc0"] = "rollout"  # the pass rate as MC_0: no wave 0
+    halved.write_text(yaml.safe_dump(raw))
+    assert row(run_estimate("--params", str(halved)), "label")["tokens"] == pytest.approx(
+        row(half, "label")["tokens"] - mc0
+    )
     assert row(half, "rollout")["tokens"] == row(base, "rollout")["tokens"]
     slow = run_estimate("--tokens-per-s-7b", "6250")
     assert row(slow, "label")["gpu_hours"] == pytest.approx(2 * row(base, "label")["gpu_hours"])

@@ -122,8 +122,15 @@ def test_split_steps_on_markers() -> None:
 def test_split_steps_on_blank_lines() -> None:
     text = "First, 3 + 4 = 7.\n\nThen 7 * 2 = 14.\n  \n\n\nSo \\boxed{14}.\n"
     assert split_steps(text, "blank_line") == ["First, 3 + 4 = 7.", "Then 7 * 2 = 14.", "So \\boxed{14}."]
-    # markers stay in the text and single newlines do not split
-    assert split_steps("Step 1: a\nStep 2: b", "blank_line") == ["Step 1: a\nStep 2: b"]
+    # single newlines do not split; a marker opening a paragraph is not step content, one inside is
+    assert split_steps("Step 1: a\nStep 2: b", "blank_line") == ["a\nStep 2: b"]
+    marked = "Step 1: 3 + 4 = 7.\n\nStep 2: 7 * 2 = 14.\n\n  Step 3:\nSo \\boxed{14}, not Step 4: x."
+    assert split_steps(marked, "blank_line") == [
+        "3 + 4 = 7.",
+        "7 * 2 = 14.",
+        "So \\boxed{14}, not Step 4: x.",
+    ]
+    assert split_steps("Step 1: \n\nb", "blank_line") == ["b"], "a bare marker is no step"
     with pytest.raises(ValueError, match="unknown step split mode"):
         split_steps("a", "lines")  # type: ignore[arg-type]
 
@@ -149,7 +156,9 @@ def test_make_path_grades_and_validates() -> None:
     silent = make_path(4, 0, Sample("1 + 1 = 2.\nStep 2: done", "stop", 30, 8), "10", "step_marker")
     assert silent.answer is None and silent.correct is False and silent.valid is True
     blank = make_path(5, 0, Sample("2 + 3 = 5.\n\nSo \\boxed{5}", "stop", 30, 8), "5", "blank_line")
-    assert blank.steps == ["Step 1: 2 + 3 = 5.", "So \\boxed{5}"] and blank.valid and blank.correct
+    # the prefill "Step 1: " is in the text, not in the first step (label renders the markers itself)
+    assert blank.text.startswith("Step 1: 2 + 3 = 5.")
+    assert blank.steps == ["2 + 3 = 5.", "So \\boxed{5}"] and blank.valid and blank.correct
 
 
 # ------------------------------------------------------------------------------------------ balancing

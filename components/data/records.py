@@ -50,6 +50,7 @@ ROLLOUT_COLUMNS = [
 # Only blanks after the colon: a newline there may begin the next marker ("Step 2:\nStep 3: ...").
 STEP_MARKER = re.compile(r"(?:^|\n)\s*Step\s+(\d+)\s*:[ \t]*")
 BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")
+LEADING_MARKER = re.compile(r"^\s*Step\s+\d+\s*:[ \t]*")
 
 
 @dataclass(frozen=True)
@@ -153,14 +154,18 @@ def processbench_from_dict(rec: dict[str, Any], where: str) -> ProcessBenchRecor
 
 
 def split_steps(text: str, mode: StepSplit = "step_marker") -> list[str]:
-    """Split a solution into step texts (stripped, empty ones dropped).
+    """Split a solution into step texts (stripped, empty ones dropped), never holding a step marker.
 
     ``step_marker`` (default): at ``Step k:`` markers, which are removed; text before the first marker
     counts as a step of its own only when non-empty. ``blank_line``: paragraphs separated by one or more
-    blank lines, kept as written (any ``Step k:`` inside stays).
+    blank lines; a ``Step k:`` that opens a paragraph (the rollout's ``Step 1: `` prefill, or one the
+    model wrote) is removed too, text inside a paragraph stays as written. Either way a step is its
+    content only: whatever renders steps again (``prompts.solution_text`` for the completer's prefixes,
+    the critique conversations) writes the markers once.
     """
     if mode == "blank_line":
-        return [s.strip() for s in BLANK_LINES.split(text) if s.strip()]
+        paragraphs = (LEADING_MARKER.sub("", p, count=1).strip() for p in BLANK_LINES.split(text))
+        return [p for p in paragraphs if p]
     if mode != "step_marker":
         raise ValueError(f"unknown step split mode {mode!r} (known: step_marker, blank_line)")
     parts = STEP_MARKER.split(text)

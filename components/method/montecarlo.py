@@ -2,21 +2,31 @@
 
 For a path with steps s_1..s_T of a problem with gold answer g:
 
-- MC_0 is given (a rollout problem's pass rate) or estimated (wave 0: ``mc0_samples`` completions of
-  the bare prompt with the ``Step 1: `` prefill); K is chosen from MC_0 by ``k_for``.
+- MC_0 is given (``Unit.mc0``: a rollout problem's pass rate, with ``label.mc0: rollout``) or estimated
+  by the completer (``Unit.mc0`` None; wave 0: ``mc0_samples`` completions of the bare prompt with the
+  ``Step 1: `` prefill, graded like every other wave); K is chosen from MC_0 by ``k_for``.
 - MC_t for t < T is the fraction of K completions, prefilled with ``Step 1: s_1 ... Step t: s_t\\n``
   (the policy then writes ``Step t+1: ...`` itself), whose final answer (``extract_answer`` on prefix +
   completion) is equivalent to g. A completion without an answer counts as wrong and is counted.
 - MC_T is 1 if the path's own final answer is correct, else 0.
-- Once some MC_t = 0 (MC_0 included), every later MC is 0 without sampling.
+- Once some MC_t = 0 for t >= 1, every later MC is 0 without sampling.
+- MC_0 = 0 stops nothing. It says the completer did not solve the bare problem in its samples, not that
+  step 1 is wrong (the path being labelled may well be correct), so wave 1 is sampled as for any MC_0
+  (with K = ``k_low``) and the steps are labelled from their own MC values (see ``rpe_labels``).
 
 ``estimate`` does this for all paths of one problem in waves: wave t is ONE backend call holding the
 step-t prefixes of the paths still alive (identical prefixes once), n=K, seeded with
 ``unit_seed(seed, unit.key, t)``. A call never mixes problems, so its samples depend only on the problem
 (not on sharding or resuming). The cost of a shared prefix is charged to the first path needing it.
 
-``rpe_labels``: label_t = 1 iff MC_{t-1} > 0 and MC_t / MC_{t-1} >= epsilon (a step after a step with
-MC 0 is 0). ``hard_labels``: label_t = 1 iff MC_t > 0. Hard-MC equals RPE in the limit epsilon -> 0+.
+``rpe_labels``: label_t = 1 iff MC_t >= epsilon * MC_{t-1} with MC_{t-1} > 0 (ratio test), and
+label_t = 0 after a step with MC 0 (t >= 2: that step was the first error). Step 1 with MC_0 = 0 has no
+earlier step to blame and no ratio: it is labelled 1 iff MC_1 > 0 (the completer reaches the answer
+after step 1 although it did not from the bare problem: the step made progress), i.e. its hard-MC
+label. That is the ratio test in the limit MC_0 -> 0+ (any MC_1 > 0 passes it), so a correct path of a
+problem the completer found too hard from scratch is labelled by what its steps achieve, never wholesale
+wrong for the completer's sake. ``hard_labels``: label_t = 1 iff MC_t > 0.
+Hard-MC equals RPE in the limit epsilon -> 0+.
 """
 
 from __future__ import annotations
@@ -160,7 +170,7 @@ def estimate(backend: Backend, cfg: MCSettings, unit: Unit) -> Estimate:
         spend[0].add(cost)
     k = k_for(mc0, cfg)
     sampled: list[list[float]] = [[] for _ in unit.paths]
-    alive = {i for i in range(len(unit.paths)) if mc0 > 0}
+    alive = set(range(len(unit.paths)))  # MC_0 = 0 stops nothing (module docstring)
     for wave in range(1, max(len(p.steps) for p in unit.paths)):
         owners: dict[str, list[int]] = {}
         for i, path in enumerate(unit.paths):
@@ -189,10 +199,16 @@ def finish(path: PathInput, sampled: list[float], alive: bool) -> list[float]:
 
 
 def rpe_labels(mc0: float, mc: list[float], epsilon: float) -> list[int]:
-    """label_t = 1 iff MC_{t-1} > 0 and MC_t / MC_{t-1} >= epsilon (MC_{t-1} = 0 gives 0)."""
+    """label_t = 1 iff MC_t / MC_{t-1} >= epsilon; after a step with MC 0 it is 0.
+
+    Step 1 with MC_0 = 0 is labelled 1 iff MC_1 > 0 (no step before it to blame; module docstring).
+    """
     labels, previous = [], mc0
-    for value in mc:
-        labels.append(int(previous > 0 and value / previous >= epsilon - RATIO_TOLERANCE))
+    for t, value in enumerate(mc, start=1):
+        if previous > 0:
+            labels.append(int(value / previous >= epsilon - RATIO_TOLERANCE))
+        else:
+            labels.append(int(t == 1 and value > 0))
         previous = value
     return labels
 

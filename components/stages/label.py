@@ -1,9 +1,26 @@
 """The ``label`` stage: Monte Carlo estimates per step prefix, then RPE and hard-MC step labels.
 
 DESIGN.md §3 (Monte Carlo estimate, RPE label); the method and its wave schedule are in
-``components.method.montecarlo``. Labels every kept path of the rollout table (MC_0 = the problem's pass rate)
-and every record of a ProcessBench-format file with gold ``answer`` fields (MC_0 estimated, wave 0), so
-that label quality can be measured against the true first errors.
+``components.method.montecarlo``. Labels every kept path of the rollout table and every record of a
+ProcessBench-format file with gold ``answer`` fields, so that label quality can be measured against the
+true first errors.
+
+MC_0, RPE's first denominator (P_1 = MC_1 / MC_0), comes from ``label.mc0``:
+
+- ``completer`` (default): estimated by the completer, wave 0 (``mc0_samples`` completions of the bare
+  prompt with the ``Step 1: `` prefill), exactly as ProcessBench records always get it. Then every MC of
+  the ratio comes from one model, one sampling setting and one grading rule, so P_1 measures step 1 and
+  nothing else. Costs one call of ``mc0_samples`` per problem (its paths share it), a fraction of the
+  K-per-prefix waves that follow.
+- ``rollout``: the problem's rollout pass rate, free but biased as a denominator. It is the policy's
+  rate, not the completer's (at paper scale Qwen2.5-7B-Instruct vs Qwen2.5-Math-7B-Instruct: a stronger
+  completer inflates every P_1, a weaker one deflates it); sampling stopped as soon as the problem was
+  balanced (the stopping rule depends on the outcomes); and it counts a path cut by ``max_tokens`` as a
+  failure, which MC_1.. do not. Kept for comparison and for runs whose policy is the completer.
+
+A correct path whose MC_0 is 0 (only possible with ``completer``: a kept problem has a correct rollout)
+is not labelled wrong for it: MC_0 = 0 stops no sampling, and step 1 is labelled 1 iff MC_1 > 0 (the
+ratio test in the limit MC_0 -> 0+, see ``components.method.montecarlo``).
 
     genprm label                                # -> data/label/labels.parquet, processbench_labels.parquet
     genprm label --set label.shard=1/4          # one shard -> data/label/shards/*-1of4.*
@@ -33,7 +50,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -61,6 +78,7 @@ LABEL_COLUMNS = [
 ]  # fmt: skip
 PROCESSBENCH_COLUMNS = [*LABEL_COLUMNS, "label"]
 TABLES = {"rollout": "labels", "processbench": "processbench_labels"}
+MC0Source = Literal["completer", "rollout"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +91,15 @@ class LabelConfig:
     k_high: int = option(8, help="K when MC_0 >= high_threshold (paper: 32).")
     low_threshold: float = option(0.1, help="MC_0 below this gets k_low.")
     high_threshold: float = option(0.9, help="MC_0 at or above this gets k_high.")
-    mc0_samples: int = option(16, help="Completions of the bare prompt estimating MC_0 (ProcessBench).")
+    mc0: MC0Source = option(
+        "completer",
+        help="Where a rollout problem's MC_0 (RPE's first denominator) comes from: 'completer' samples "
+        "mc0_samples completions of the bare prompt with the completer, like MC_1.. and like ProcessBench "
+        "records; 'rollout' takes the rollout pass rate (the policy's samples, early-stopped once balanced).",
+    )
+    mc0_samples: int = option(
+        16, help="Completions of the bare prompt estimating MC_0 (ProcessBench records; mc0: completer)."
+    )
     epsilon: float = option(0.8, help="RPE: step t is right iff MC_t / MC_{t-1} >= epsilon (0 < epsilon).")
     epsilon_sweep: list[float] = option([0.5, 0.8, 1.0], help="Epsilons whose ProcessBench F1 is plotted.")
     temperature: float = option(0.7, help="Completer sampling temperature.")
@@ -131,8 +157,14 @@ def _row_error(path: Path | str, row: int, rec: dict[str, Any]) -> str | None:
     return None
 
 
-def rollout_units(frame: pd.DataFrame, path: Path | str = "<frame>") -> list[Unit]:
-    """The kept paths of a rollout table grouped by problem (first-appearance order); checks input."""
+def rollout_units(
+    frame: pd.DataFrame, path: Path | str = "<frame>", mc0: MC0Source = "completer"
+) -> list[Unit]:
+    """The kept paths of a rollout table grouped by problem (first-appearance order); checks input.
+
+    ``mc0``: ``completer`` leaves each unit's MC_0 to be estimated (wave 0), ``rollout`` gives it the
+    problem's pass rate.
+    """
     missing = [c for c in ROLLOUT_NEEDED if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column {missing[0]!r} (label needs {', '.join(ROLLOUT_NEEDED)})")
@@ -153,7 +185,9 @@ def rollout_units(frame: pd.DataFrame, path: Path | str = "<frame>") -> list[Uni
         paths = [PathInput(str(r["path_id"]), [str(s) for s in r["steps"]], bool(r["correct"])) for r in recs]
         first = recs[0]
         gold, rate = str(first["gold_answer"]), float(first["pass_rate"])
-        units.append(Unit("rollout", pid, str(first["problem"]), gold, rate, paths))
+        units.append(
+            Unit("rollout", pid, str(first["problem"]), gold, rate if mc0 == "rollout" else None, paths)
+        )
     return units
 
 
@@ -178,7 +212,7 @@ def load_units(cfg: LabelConfig) -> list[Unit]:
     """Every unit to label, in canonical order: rollout problems, then ProcessBench records."""
     from components.data.io import read_parquet
 
-    units = rollout_units(read_parquet(Path(cfg.input)), cfg.input) if cfg.input else []
+    units = rollout_units(read_parquet(Path(cfg.input)), cfg.input, cfg.mc0) if cfg.input else []
     if cfg.processbench_input:
         units += processbench_units(Path(cfg.processbench_input), cfg.processbench_max_records)
     return units

@@ -8,8 +8,9 @@ Generation cost = calls x tokens per call / throughput, stage by stage:
 
 - rollout: problems x samples_per_round x expected rounds x tokens per solution (policy, 7B);
 - label: kept solutions x sampled step prefixes x K x tokens per completion (completer, 7B), with K from
-  the params (k_low/k_mid/k_high) weighted by the share of kept problems in each MC_0 band, plus the
-  synthetic ProcessBench set (mc0_samples + one K per step per record);
+  the params (k_low/k_mid/k_high) weighted by the share of kept problems in each MC_0 band, plus
+  mc0_samples per kept problem with ``label.mc0: completer``, plus the synthetic ProcessBench set
+  (mc0_samples + one K per step per record);
 - synthesize: kept solutions x steps x rationale tokens (teacher, 32B);
 - train: 6 x parameters x SFT tokens x epochs FLOPs at an assumed model-FLOPs utilisation.
 
@@ -83,12 +84,19 @@ def generation_rows(rollout: RolloutConfig, label: LabelConfig, a: Assumptions) 
     solutions = a.problems * a.kept_fraction * rollout.num_paths
     prefixes = solutions * max(a.steps - 1, 1) * a.sampled_fraction
     k = expected_k(label, a.k_band_shares)
+    mc0_calls = a.problems * a.kept_fraction * label.mc0_samples if label.mc0 == "completer" else 0.0
     pb = label.processbench_max_records or 0
     pb_calls = pb * (label.mc0_samples + a.steps * a.sampled_fraction * label.k_mid)
     teacher_calls = solutions * a.steps
     rows = [
         Row("rollout", rollout.policy.model, samples, samples * a.solution_tokens, 0.0),
-        Row("label", label.completer.model, prefixes * k, prefixes * k * a.completion_tokens, 0.0),
+        Row(
+            "label",
+            label.completer.model,
+            prefixes * k + mc0_calls,
+            (prefixes * k + mc0_calls) * a.completion_tokens,
+            0.0,
+        ),
         Row("label (ProcessBench)", label.completer.model, pb_calls, pb_calls * a.completion_tokens, 0.0),
     ]
     rows = [Row(r.stage, r.model, r.calls, r.tokens, r.tokens / a.tokens_per_s_7b / 3600) for r in rows]
