@@ -143,8 +143,11 @@ def test_masks_cover_exactly_the_assistant_turns(tiny_model: Path, template: str
     tokenizer = tokenizer_with_template(tiny_model, template)
     messages = sft_records(2, seed=3, direct=direct)[0]["messages"]
     out = tokenize_conversation(tokenizer, messages)
-    # the same tokens the template gives at inference-time rendering
-    rendered = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    # the template's own rendering, plus what its generation prompt adds before each assistant turn
+    # (DeepSeek-R1-Distill: "<think>\n"; see test_training_renders_what_generation_sees)
+    extra = GENERATION_EXTRA.get(template, "")
+    with_extra = [{**m, "content": extra + m["content"]} if m["role"] == "assistant" else m for m in messages]
+    rendered = tokenizer.apply_chat_template(with_extra, tokenize=True, return_dict=True)["input_ids"]
     assert out["input_ids"] == list(rendered)
     end_of_turn = TEMPLATES[template][1]
     turns = [m["content"] for m in messages if m["role"] == "assistant"]
@@ -157,6 +160,57 @@ def test_masks_cover_exactly_the_assistant_turns(tiny_model: Path, template: str
         if message["role"] != "assistant":
             assert message["content"] in masked_text
     assert GENPRM_SYSTEM_PROMPT in masked_text
+
+
+GENERATION_EXTRA = {"deepseek_r1_distill": "<think>\n"}
+"""What each template's generation prompt adds after the assistant header it renders in a conversation."""
+
+
+@pytest.mark.parametrize("template", list(TEMPLATES))
+def test_training_renders_what_generation_sees(tiny_model: Path, template: str) -> None:
+    """The text before every trained assistant turn ends exactly as the prompt the backends render to
+    generate that turn (render_prompt: the chat template with add_generation_prompt=True). With the real
+    DeepSeek-R1-Distill template that prompt ends in "<｜Assistant｜><think>\n", which a rendered
+    conversation never holds: training must put it there too (without loss on it)."""
+    from components.backends.base import GenerationRequest, render_prompt
+    from components.method.sftdata import assistant_char_spans, tokenize_conversation
+
+    tokenizer = tokenizer_with_template(tiny_model, template)
+    messages = sft_records(2, seed=4)[0]["messages"]
+    text, spans = assistant_char_spans(tokenizer, messages)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    assert len(turns) == len(spans) >= 2
+    prompts = [render_prompt(tokenizer, GenerationRequest(messages=messages[:i])) for i in turns]
+    # the first turn: the training text up to its content IS the generation prompt, character for character
+    assert text[: spans[0][0]] == prompts[0]
+    for i, (start, _), prompt in zip(turns, spans, prompts, strict=True):
+        opened = prompt[len(tokenizer.apply_chat_template(messages[:i], tokenize=False)) :]
+        assert text[:start].endswith(opened), f"turn {i}: generation opens with {opened!r}"
+        assert text[start:].startswith(messages[i]["content"])
+    if template == "deepseek_r1_distill":
+        assert prompts[0].endswith("<｜Assistant｜><think>\n")
+        assert text.count("<｜Assistant｜><think>\n") == len(turns)
+    # token for token: the prompt the hf/vllm backends tokenize is a prefix of the training ids, and the
+    # inserted tag carries no loss
+    out = tokenize_conversation(tokenizer, messages)
+    prompt_ids = tokenizer(prompts[0], add_special_tokens=False)["input_ids"]
+    assert out["input_ids"][: len(prompt_ids)] == prompt_ids
+    assert not any(out["assistant_masks"][: len(prompt_ids)])
+    assert out["assistant_masks"][len(prompt_ids)] == 1
+
+
+def test_a_template_whose_generation_prompt_differs_is_refused(tiny_model: Path) -> None:
+    from components.method.sftdata import tokenize_conversation
+    from components.platform.errors import GenPRMError
+
+    tokenizer = tokenizer_with_template(tiny_model, "chatml")
+    # generation opens the turn with another role header than a rendered conversation has
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>model\n{% endif %}"
+    )
+    with pytest.raises(GenPRMError, match="training cannot render what generation sees"):
+        tokenize_conversation(tokenizer, sft_records(1, seed=4)[0]["messages"])
 
 
 def test_masks_follow_a_template_that_trims_contents(tiny_model: Path) -> None:
