@@ -4,8 +4,8 @@
 #   make lock  - refresh requirements/*.lock from pyproject.toml's ranges (then `make test`)
 SHELL := /bin/bash
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
-export HF_HUB_OFFLINE := 1
-export HF_DATASETS_OFFLINE := 1
+# No HF_HUB_OFFLINE here: the genprm CLI sets it for every stage whose params configure nothing online
+# (components/platform/online.py), so `make run` of a params.yaml with hub ids may download them.
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from components.platform.errors import GenPRMError
+from components.platform.online import HUB_ENV
 
 app = typer.Typer(help="GenPRM factory: manufacture generative process reward models.", no_args_is_help=True)
 params_app = typer.Typer(help="Inspect and validate params.yaml.", no_args_is_help=True)
@@ -35,20 +36,22 @@ SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a param: section.key=value (repeatable).")
 ]
 
-# Offline by default: nothing in the default run may reach a model or dataset hub or send analytics.
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
+# Never any analytics. The hub is offline by default and reachable only when the stage's params configure
+# something online (a hub id as a model, an hf source with a hub path, an openai server off loopback):
+# components/platform/online.py has the rule. A value set in the environment wins either way.
+QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
     "GX_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
 }
+OFFLINE_ENV = {**HUB_ENV, **QUIET_ENV}
 
 
-def configure_runtime() -> None:
-    """Logging to stderr and the offline environment (a user's explicit setting wins)."""
-    for key, value in OFFLINE_ENV.items():
+def configure_runtime(online: list[str] | None = None) -> None:
+    """Logging to stderr and the environment: quiet always, hub offline unless ``online`` names a reason
+    (``online.section_reasons``); a user's explicit setting wins."""
+    for key, value in (QUIET_ENV if online else OFFLINE_ENV).items():
         os.environ.setdefault(key, value)
     from rich.console import Console
     from rich.logging import RichHandler
@@ -61,6 +64,13 @@ def configure_runtime() -> None:
     )
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if online:
+        forced = [key for key in HUB_ENV if os.environ.get(key, "0").lower() in ("1", "true", "yes", "on")]
+        log = logging.getLogger("genprm")
+        if forced:
+            log.warning("%s set in the environment: %s must be in the local cache", forced[0], online[0])
+        else:
+            log.info("hub access on: %s%s", online[0], f" (and {len(online) - 1} more)" if online[1:] else "")
 
 
 def run_entry(
@@ -70,7 +80,9 @@ def run_entry(
 
     User errors exit 2 with one message.
     """
-    configure_runtime()
+    from components.platform.online import section_reasons
+
+    configure_runtime(section_reasons(params, overrides, module))
     entry: Callable[[Path, list[str]], dict[str, Any]] = importlib.import_module(
         f"components.stages.{module}"
     ).main
@@ -208,8 +220,9 @@ def score(
     """Per-step rewards, verdicts and critiques of any GenPRM for a problem and its steps."""
     from components.data.io import write_jsonl
     from components.platform import scoring
+    from components.platform.online import model_reasons
 
-    configure_runtime()
+    configure_runtime(model_reasons("--model", model, [base_url] if base_url else []))
     given = {"max_tokens": max_tokens, "max_rounds": max_rounds, "temperature": temperature}
     given |= {"logprobs": logprobs, "execute": execute}
     settings = {key: value for key, value in given.items() if value is not None}
