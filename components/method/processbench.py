@@ -6,7 +6,8 @@ A prediction is the index of the first wrong step, or -1. Any PRM's predictions 
     genprm benchmark processbench --data gsm8k.jsonl --data math.jsonl --predictions preds.jsonl --out f1.json
 
 where ``preds.jsonl`` holds one ``{"id": ..., "prediction": ...}`` per record. The benchmark stage scores
-the subsets with our GenPRM (``predictions_from_rewards``) and uses the same ``evaluate``.
+the subsets with our GenPRM (``predictions_from_rewards``) and the teacher, its ceiling
+(``predictions_from_verdicts``), and uses the same ``evaluate``.
 """
 
 from __future__ import annotations
@@ -91,6 +92,19 @@ def predictions_from_rewards(
 ) -> dict[str, int]:
     """``id -> first step with reward < 0.5`` (or -1)."""
     return {r.id: first_error_from_rewards(rs) for r, rs in zip(records, rewards, strict=True)}
+
+
+# A judge's per-step verdicts as rewards: a missing verdict (-1) is the GenPRM's NO_VERDICT_REWARD, 0.5,
+# which is not below the threshold, so it never counts as an error found (the same rule for both).
+VERDICT_REWARDS = {1: 1.0, 0: 0.0, -1: 0.5}
+
+
+def predictions_from_verdicts(
+    records: Sequence[ProcessBenchRecord], verdicts: Sequence[Sequence[int]]
+) -> dict[str, int]:
+    """``id -> first step with verdict 0`` (or -1) for a teacher's verdicts (1 right, 0 wrong, -1 none)."""
+    rewards = [[VERDICT_REWARDS[int(v)] for v in vs] for vs in verdicts]
+    return predictions_from_rewards(records, rewards)
 
 
 def as_percent(scores: Mapping[str, Any]) -> dict[str, Any]:

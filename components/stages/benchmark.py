@@ -5,6 +5,8 @@
   conversations; Maj@n uses the first n (Pass@1 is n = 1), so one pass gives the test-time scaling curve.
 - Baselines, scored the same way: the direct GenPRM (trained on verdict-only records) and the GenPRM with
   code execution switched off.
+- The ceiling: the teacher that wrote the training rationales (``synthesize.teacher``) judges the same
+  records; its verdicts go through the same first-error and F1 code (``processbench.teacher.maj@1``).
 - Best-of-N: the configured policy samples N solutions for held-out synthetic problems and for the real
   files of ``../shared/data``; the GenPRM scores them and the selectors of ``components/method/bestofn.py``
   pick.
@@ -25,6 +27,7 @@ from typing import Any, Literal
 
 from components.backends.base import BackendConfig
 from components.method.scorer import ScorerConfig
+from components.method.teachers import TeacherConfig
 from components.platform.config import option, section
 from components.platform.errors import ConfigError
 
@@ -79,6 +82,9 @@ class BenchmarkConfig:
     direct_model: str | None = option("models/genprm_direct", help="The direct baseline model (null: skip).")
     no_code_baseline: bool = option(True, help="Also score with code execution switched off.")
     baseline_samples: int = option(1, help="Critiques per record for the baselines.")
+    teacher_ceiling: bool = option(
+        True, help="Also score the teacher (synthesize.teacher) on the same records: the ceiling."
+    )
     processbench: ProcessBenchSetConfig = section(ProcessBenchSetConfig, help="ProcessBench subsets.")
     best_of_n: BestOfNConfig = section(BestOfNConfig, help="Best-of-N selection.")
     threads: int = option(1, help="torch CPU threads for in-process generation (0: torch's default).")
@@ -127,6 +133,7 @@ def _record_row(tag: str, subset: str, record: Any, scored: Any) -> dict[str, An
         "label": record.label,
         "samples": scored.samples,
         "reward_sources": scored.sources,
+        "source_counts": scored.source_counts,
         "missing_verdicts": scored.missing_verdicts,
         "code_runs": scored.code_runs,
         "code_failures": scored.code_failures,
@@ -147,26 +154,77 @@ def processbench_systems(cfg: BenchmarkConfig) -> list[tuple[str, ScorerConfig, 
     return systems
 
 
+def score_teacher(
+    cfg: BenchmarkConfig, teacher_cfg: TeacherConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ceiling: the teacher's verdicts on the same records -> first wrong step -> the same F1 code.
+
+    The teacher runs its code in a sandbox with the GenPRM's limits (``benchmark.genprm.sandbox``).
+    """
+    from components.method.processbench import evaluate, load_subset, predictions_from_verdicts
+    from components.method.teachers import make_teacher
+    from components.sandbox import Sandbox
+
+    subsets = {
+        Path(f).stem: load_subset(Path(f), cfg.processbench.max_records) for f in cfg.processbench.files
+    }
+    predictions: dict[str, int] = {}
+    rows: list[dict[str, Any]] = []
+    with Sandbox(cfg.genprm.sandbox) as sandbox:
+        teacher = make_teacher(teacher_cfg, sandbox)
+        for name, records in subsets.items():
+            critiques = teacher.critique([(r.problem, r.steps) for r in records])
+            predictions |= predictions_from_verdicts(records, [c.verdicts for c in critiques])
+            rows += [_teacher_row(name, r, c) for r, c in zip(records, critiques, strict=True)]
+    steps = sum(len(r["samples"][0]) for r in rows)
+    missing = sum(r["missing_verdicts"] for r in rows)
+    return {"maj@1": evaluate(subsets, predictions), "missing_verdict_rate": missing / max(1, steps)}, rows
+
+
+def _teacher_row(subset: str, record: Any, critique: Any) -> dict[str, Any]:
+    from components.method.processbench import VERDICT_REWARDS
+
+    return {
+        "system": "teacher",
+        "subset": subset,
+        "id": record.id,
+        "label": record.label,
+        "samples": [[VERDICT_REWARDS[v] for v in critique.verdicts]],
+        "reward_sources": ["verdict"],
+        "missing_verdicts": critique.verdicts.count(-1),
+        "code_runs": len(critique.statuses),
+        "code_failures": sum(s != "ok" for s in critique.statuses),
+        "tokens": 0,
+        "critique": critique.turns,
+    }
+
+
+def verdict_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per GenPRM system: turns critiqued, missing verdicts and their rate, turns per reward source.
+
+    ``register`` reads ``verdicts.genprm.missing_rate`` (percent) and ``verdicts.genprm.reward_source``.
+    """
+    from components.method.scorer import verdict_stats
+
+    systems = dict.fromkeys(r["system"] for r in rows if "source_counts" in r)
+    return {
+        system: verdict_stats(
+            [r["source_counts"] for r in rows if r["system"] == system and "source_counts" in r]
+        )
+        for system in systems
+    }
+
+
 # ------------------------------------------------------------------------------------------- Best-of-N
 
 
 def bon_problem_sets(cfg: BestOfNConfig) -> dict[str, list[Any]]:
     """Held-out synthetic problems and the real files that exist, each cut to its configured size."""
-    from components.data.io import read_parquet
-    from components.data.records import problems_from_frame
-    from components.data.sources import FileSourceConfig, load_file_problems
+    from components.data.sources import problem_sets
 
-    sets: dict[str, list[Any]] = {}
-    if cfg.problems:
-        frame = read_parquet(Path(cfg.problems))
-        sets["synthetic"] = problems_from_frame(frame, cfg.problems)[: cfg.max_problems]
-    for file in cfg.files:
-        if not Path(file).is_file():
-            log.warning("benchmark: best-of-n file %s not found; skipped", file)
-            continue
-        problems = load_file_problems(FileSourceConfig(path=file), "benchmark.best_of_n.files")
-        sets[Path(file).stem] = problems[: cfg.file_max_problems]
-    return sets
+    return problem_sets(
+        cfg.problems, cfg.max_problems, cfg.files, cfg.file_max_problems, "benchmark.best_of_n"
+    )
 
 
 def sample_solutions(cfg: BestOfNConfig, problems: list[Any]) -> list[list[Any]]:
@@ -195,7 +253,7 @@ def candidate_table(scorer: Any, problems: list[Any], paths: list[list[Any]], ta
     return [
         [
             Candidate(
-                None if path.answer is None else path.answer.replace(" ", ""),
+                path.answer,
                 path.correct,
                 next(scored).rewards(),
             )
@@ -228,13 +286,16 @@ def best_of_n(cfg: BenchmarkConfig) -> dict[str, Any]:
 
 
 def f1_plot_rows(processbench: dict[str, Any]) -> list[dict[str, Any]]:
-    """Mean F1 vs N for the GenPRM (the test-time scaling curve), baselines at their N."""
+    """Mean F1 vs N for the GenPRM (the test-time scaling curve), baselines at their N, and the teacher's
+    Pass@1 at every N (the ceiling, a flat reference line)."""
     rows = []
     for key, scores in processbench["genprm"].items():
         row = {"n": int(key.removeprefix("maj@")), "genprm": scores["mean_f1"]}
         for system in ("genprm_no_code", "direct"):
             if key in processbench.get(system, {}):
                 row[system] = processbench[system][key]["mean_f1"]
+        if "teacher" in processbench:
+            row["teacher"] = processbench["teacher"]["maj@1"]["mean_f1"]
         rows.append(row)
     return sorted(rows, key=lambda r: r["n"])
 
@@ -281,7 +342,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     from components.data.io import write_json, write_parquet
     from components.data.journal import fingerprint, model_fingerprint
     from components.method.processbench import as_percent
-    from components.platform.params import load_params
+    from components.platform.params import load_params, load_value
 
     cfg: BenchmarkConfig = load_params(params_path, overrides, ["benchmark"])["benchmark"]
     if cfg.threads > 0:
@@ -294,9 +355,14 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     for name, scorer_cfg, samples in processbench_systems(cfg):
         processbench[name], system_rows = score_processbench(cfg, scorer_cfg, samples, name)
         rows += system_rows
+    if cfg.teacher_ceiling:
+        teacher_cfg = load_value(params_path, overrides, "synthesize.teacher", TeacherConfig)
+        processbench["teacher"], teacher_rows = score_teacher(cfg, teacher_cfg)
+        rows += teacher_rows
     bon = best_of_n(cfg)
     metrics = as_percent({"processbench": processbench, "best_of_n": bon})
     genprm = metrics["processbench"]["genprm"]
+    metrics["verdicts"] = as_percent(verdict_summary(rows))
     metrics["headline"] = {f"f1_maj@{n}": genprm[f"maj@{n}"]["mean_f1"] for n in cfg.samples}
     # Ties these metrics to the weights scored: `register` never promotes a model on another's numbers.
     metrics["model_fingerprint"] = fingerprint(model_fingerprint(cfg.genprm.model.model))
