@@ -133,7 +133,6 @@ def _record_row(tag: str, subset: str, record: Any, scored: Any) -> dict[str, An
         "label": record.label,
         "samples": scored.samples,
         "reward_sources": scored.sources,
-        "source_counts": scored.source_counts,
         "missing_verdicts": scored.missing_verdicts,
         "code_runs": scored.code_runs,
         "code_failures": scored.code_failures,
@@ -199,32 +198,26 @@ def _teacher_row(subset: str, record: Any, critique: Any) -> dict[str, Any]:
     }
 
 
-def verdict_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per GenPRM system: turns critiqued, missing verdicts and their rate, turns per reward source.
-
-    ``register`` reads ``verdicts.genprm.missing_rate`` (percent) and ``verdicts.genprm.reward_source``.
-    """
-    from components.method.scorer import verdict_stats
-
-    systems = dict.fromkeys(r["system"] for r in rows if "source_counts" in r)
-    return {
-        system: verdict_stats(
-            [r["source_counts"] for r in rows if r["system"] == system and "source_counts" in r]
-        )
-        for system in systems
-    }
-
-
 # ------------------------------------------------------------------------------------------- Best-of-N
 
 
 def bon_problem_sets(cfg: BestOfNConfig) -> dict[str, list[Any]]:
     """Held-out synthetic problems and the real files that exist, each cut to its configured size."""
-    from components.data.sources import problem_sets
+    from components.data.io import read_parquet
+    from components.data.records import problems_from_frame
+    from components.data.sources import FileSourceConfig, load_file_problems
 
-    return problem_sets(
-        cfg.problems, cfg.max_problems, cfg.files, cfg.file_max_problems, "benchmark.best_of_n"
-    )
+    sets: dict[str, list[Any]] = {}
+    if cfg.problems:
+        frame = read_parquet(Path(cfg.problems))
+        sets["synthetic"] = problems_from_frame(frame, cfg.problems)[: cfg.max_problems]
+    for file in cfg.files:
+        if not Path(file).is_file():
+            log.warning("benchmark: best-of-n file %s not found; skipped", file)
+            continue
+        problems = load_file_problems(FileSourceConfig(path=file), "benchmark.best_of_n.files")
+        sets[Path(file).stem] = problems[: cfg.file_max_problems]
+    return sets
 
 
 def sample_solutions(cfg: BestOfNConfig, problems: list[Any]) -> list[list[Any]]:
@@ -253,7 +246,7 @@ def candidate_table(scorer: Any, problems: list[Any], paths: list[list[Any]], ta
     return [
         [
             Candidate(
-                path.answer,
+                None if path.answer is None else path.answer.replace(" ", ""),
                 path.correct,
                 next(scored).rewards(),
             )
@@ -362,7 +355,6 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     bon = best_of_n(cfg)
     metrics = as_percent({"processbench": processbench, "best_of_n": bon})
     genprm = metrics["processbench"]["genprm"]
-    metrics["verdicts"] = as_percent(verdict_summary(rows))
     metrics["headline"] = {f"f1_maj@{n}": genprm[f"maj@{n}"]["mean_f1"] for n in cfg.samples}
     # Ties these metrics to the weights scored: `register` never promotes a model on another's numbers.
     metrics["model_fingerprint"] = fingerprint(model_fingerprint(cfg.genprm.model.model))
