@@ -140,7 +140,9 @@ with mlflow.start_run():
 MlflowClient(uri, uri).set_registered_model_alias("genprm", "champion", info.registered_model_version)
 """
     env = {**os.environ, "PYTHONPATH": str(REPO), "GENPRM_LOG_LEVEL": "WARNING"}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(  # cwd: the artifacts go to ./mlruns beside the store
+        [sys.executable, "-c", code], cwd=db.parent, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     yield f"sqlite:///{db}"
 
@@ -167,6 +169,27 @@ def test_score_the_registered_champion(registry: str, tmp_path: Path) -> None:
     assert "step 2: reward " in proc.stdout
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     check_record(record, STEPS, samples=2)
+
+
+@pytest.mark.slow
+def test_a_damaged_registered_model_is_one_line_exit_2(registry: str, tmp_path: Path) -> None:
+    """The pyfunc's artifact truncated in the store: the message names the file, exit 2."""
+    store = Path(registry.removeprefix("sqlite:///")).parent
+    [weights] = list((store / "mlruns").rglob("model.safetensors"))
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:5000])
+    try:
+        proc = genprm_score(
+            registry, tmp_path, "-m", "models:/genprm@champion", "--problem", "q", "--step", "s"
+        )
+    finally:
+        weights.write_bytes(intact)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (
+        errors[0].startswith("error: GenPRM pyfunc: ") and "model.safetensors: damaged weights" in errors[0]
+    )
 
 
 @pytest.mark.slow

@@ -1,8 +1,11 @@
 """Problem sources for the ``prepare`` stage: local jsonl/parquet files and Hugging Face datasets.
 
 Each source maps its own field names onto ``Problem(id, source, problem, answer, metadata)`` and
-normalizes its gold answers with ``grading.normalize_gold``. Bad input raises one ``DataError`` naming
-the file and line (datasets: the dataset, split and 0-based row) and what is wrong; nothing is skipped.
+normalizes its gold answers with ``grading.normalize_gold`` in the configured ``answer_format``;
+``boxed`` takes the content of the last ``\\boxed{}`` of the field (a MATH-style solution), and an
+answer given as a list (``["2"]``) gives its first element in every format. Bad input raises one
+``DataError`` naming the file and line (datasets: the dataset, split and 0-based row) and what is
+wrong, e.g. a ``boxed`` field without a box; nothing is skipped.
 
 Presets spare users the field names of known benchmarks. A file whose stem is in ``FILE_PRESETS``
 (the shared ``math500``, ``gsm8k_test``, ``aime24``, ``amc23``) and a hub dataset in ``HF_PRESETS``
@@ -294,3 +297,24 @@ def load_hf_problems(cfg: HFSourceConfig, where: str = "prepare.hf") -> list[Pro
     if not problems:
         raise DataError(f"{label}: no rows")
     return problems
+
+
+def problem_sets(
+    problems: str | None, max_problems: int, files: list[str], file_max_problems: int, where: str
+) -> dict[str, list[Problem]]:
+    """Held-out problems (a prepared problems table, as ``synthetic``) and each real problem file that
+    exists (by its stem), each cut to its size; a missing file is skipped with a warning."""
+    import logging
+
+    from components.data.io import read_parquet
+    from components.data.records import problems_from_frame
+
+    sets: dict[str, list[Problem]] = {}
+    if problems:
+        sets["synthetic"] = problems_from_frame(read_parquet(Path(problems)), problems)[:max_problems]
+    for file in files:
+        if not Path(file).is_file():
+            logging.getLogger(__name__).warning("%s: problem file %s not found; skipped", where, file)
+            continue
+        sets[Path(file).stem] = load_file_problems(FileSourceConfig(path=file), where)[:file_max_problems]
+    return sets

@@ -2,8 +2,9 @@
 
 Sources (``prepare.source``): ``synthetic`` (the seeded small world), ``file`` (jsonl/parquet with a
 field mapping, e.g. the benchmark files in ../shared/data) and ``hf`` (``datasets`` at a pinned
-revision). Problems are deduplicated by normalized text and split with a seeded shuffle so that no
-problem is in both splits.
+revision). Answer formats (``prepare.file.answer_format``: gsm8k, float, latex, boxed for answers only
+inside a solution's ``\\boxed{}``, list answers) are ``components/data/sources.py``'s. Problems are
+deduplicated by normalized text and split with a seeded shuffle so that no problem is in both splits.
 
     genprm prepare [--set prepare.source=file --set prepare.file.path=../shared/data/gsm8k_test.jsonl]
 
