@@ -73,6 +73,13 @@ TINY_OVERRIDES = [
     "benchmark.best_of_n.n_values=[1, 2]",
     "benchmark.best_of_n.files=[]",
     "benchmark.best_of_n.max_tokens=32",
+    "refine.genprm.max_tokens=24",
+    "refine.genprm.max_rounds=1",
+    "refine.genprm.threads=1",
+    "refine.max_problems=2",
+    "refine.turns=1",
+    "refine.files=[]",
+    "refine.max_tokens=32",
 ]
 
 

@@ -65,6 +65,8 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
         "models/genprm_direct/config.json",
         "data/benchmark/processbench_scores.parquet",
         "plots/benchmark_f1.json",
+        "data/refine/refinements.parquet",
+        "plots/refine.json",
     ):
         assert (project / rel).is_file(), rel
     policy = project / "models" / "policy"
@@ -80,6 +82,10 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
     assert 0.0 <= boot["accuracy_greedy"] <= 1.0 and boot["parameters"] > 0
     synthesized = metrics["metrics/synthesize.json"]["data"]
     assert 0 < synthesized["kept"] < synthesized["paths"]  # the fixture's wrong-label paths are dropped
+    refined = metrics["metrics/refine.json"]["data"]["accuracy"]["synthetic"]
+    assert set(refined) == {"genprm", "self_refine", "direct", "none"}
+    assert all(set(turns) == {"turn_0", "turn_1"} for turns in refined.values())
+    assert len({turns["turn_0"] for turns in refined.values()}) == 1, "every critic starts from one sample"
     headline = metrics["metrics/benchmark.json"]["data"]["headline"]
     assert set(headline) == {"f1_maj@1", "f1_maj@2"}
 
@@ -97,7 +103,7 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
     write_params(project, tiny_params(repo_root, ["train.lr=0.001"]))
     assert "train" in _dvc(project, "status").stdout
     third = _dvc(project, "repro")
-    assert _ran(third) == {"train", "train_direct", "benchmark", "register"}
+    assert _ran(third) == {"train", "train_direct", "benchmark", "register", "refine"}
     assert "Stage 'bootstrap' didn't change" in third.stdout + third.stderr
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["lr"] == 0.001

@@ -48,3 +48,14 @@ def make_path(index: int, round_: int, sample: Sample, gold: str, mode: StepSpli
         num_prompt_tokens=sample.num_prompt_tokens,
         num_generated_tokens=sample.num_generated_tokens,
     )
+
+
+def given_path(steps: list[str], gold: str) -> SampledPath:
+    """A solution given as steps (not sampled), graded like a sampled one; it stopped by itself."""
+    from components.method.grading import extract_answer, is_equivalent
+    from components.method.prompts import solution_text
+
+    text = solution_text(steps)
+    answer = extract_answer(text)
+    correct = is_equivalent(gold, answer)
+    return SampledPath(0, 0, text, list(steps), answer, correct, len(steps) >= 1, "stop")

@@ -33,6 +33,7 @@ SECTION_CLASSES: dict[str, str] = {
     "train": "components.stages.train:TrainConfig",
     "benchmark": "components.stages.benchmark:BenchmarkConfig",
     "register": "components.platform.registry:RegisterConfig",
+    "refine": "components.stages.refine:RefineConfig",
 }
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from components.method.prompts import GENPRM_SYSTEM_PROMPT, POLICY_SYSTEM_PROMPT, solution_text
 from components.platform.config import option, section
-from components.world.pretrain import EvalConfig, TrainConfig
+from components.world.pretrain import EvalConfig, Example, TrainConfig
 from components.world.smallmodel import ModelConfig
 from components.world.synthetic import (
     ERROR_KINDS,
@@ -45,6 +45,11 @@ class BootstrapConfig:
     seed: int = option(1234, help="Seed for corpus, initialisation and sampling.")
     corpus_size: int = option(40000, help="Training solutions generated for pretraining.")
     error_fraction: float = option(0.2, help="Fraction of training solutions with one injected error.")
+    feedback_fraction: float = option(
+        0.0,
+        help="Fraction of the corpus that is feedback conversations (a solution, the refinement "
+        "protocol's feedback on one paragraph, the revised solution; components/world/feedback.py).",
+    )
     vocab_size: int = option(1024, help="BPE vocabulary size (special tokens included).")
     threads: int = option(2, help="torch CPU threads.")
     model: ModelConfig = section(ModelConfig, help="Model shape.")
@@ -64,17 +69,29 @@ def training_solution(problem: WorldProblem, rng: random.Random, cfg: BootstrapC
     return solution_text(gold_steps(problem))
 
 
-def build_corpus(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str]) -> list[tuple[str, str]]:
-    """(problem text, solution text) pairs for pretraining, skipping problems in ``exclude``."""
+def build_corpus(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str]) -> list[Example]:
+    """(prompt, solution) pairs for pretraining, skipping problems in ``exclude``.
+
+    The prompt is the problem text (the rollout prompt) or, for a feedback conversation, the messages
+    before the revised solution.
+    """
     from components.data.records import normalize_text
+    from components.world.feedback import feedback_example
 
     rng = random.Random(cfg.seed)
     problems = generate_problems(world, cfg.corpus_size, seed=cfg.seed, prefix="corpus")
-    pairs = []
+    pairs: list[Example] = []
     for problem in problems:
         text = problem_text(problem)
-        if normalize_text(text) not in exclude:
-            pairs.append((text, training_solution(problem, rng, cfg, world)))
+        if normalize_text(text) in exclude:
+            continue
+        # Drawn only when feedback is on, so a corpus without it is the one earlier versions made.
+        if cfg.feedback_fraction > 0 and rng.random() < cfg.feedback_fraction:
+            example = feedback_example(problem, rng, world)
+            if example is not None:
+                pairs.append(example)
+                continue
+        pairs.append((text, training_solution(problem, rng, cfg, world)))
     return pairs
 
 
@@ -83,14 +100,18 @@ def eval_problems(cfg: BootstrapConfig, world: SyntheticConfig) -> list[WorldPro
     return generate_problems(world, cfg.eval.num_problems, seed=cfg.seed + 1_000_003, prefix="heldout")
 
 
-def tokenizer_corpus(pairs: list[tuple[str, str]], extra: list[str]) -> list[str]:
+def tokenizer_corpus(pairs: list[Example], extra: list[str]) -> list[str]:
     """Texts to train the tokenizer on: chat-formatted solutions and the rationale scaffolding.
 
     The fixed parts (system prompts, role names, scaffolding) are repeated so that BPE merges them.
     """
     texts = []
-    for problem, solution in pairs:
-        texts.append(f"system\n{POLICY_SYSTEM_PROMPT}\nuser\n{problem}\nassistant\n{solution}")
+    for prompt, solution in pairs:
+        if isinstance(prompt, str):
+            texts.append(f"system\n{POLICY_SYSTEM_PROMPT}\nuser\n{prompt}\nassistant\n{solution}")
+        else:
+            turns = "\n".join(f"{m['role']}\n{m['content']}" for m in prompt)
+            texts.append(f"{turns}\nassistant\n{solution}")
     repeats = max(1, len(pairs) // 10)
     texts.extend(extra * repeats)
     return texts

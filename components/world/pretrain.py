@@ -63,9 +63,13 @@ class EvalConfig:
     batch_size: int = option(64, help="Generation batch size.")
 
 
+Example = tuple[str | list[dict[str, str]], str]
+"""(prompt, solution): the problem text (the rollout prompt), or the chat messages before the solution."""
+
+
 def encode_example(
     tokenizer: PreTrainedTokenizerFast,
-    problem: str,
+    problem: str | list[dict[str, str]],
     solution: str,
     loss_on: str,
     split_at_prefill: bool = True,
@@ -76,9 +80,8 @@ def encode_example(
     a rollout meets (prompt + prefill, then generation). Without it, the solution is tokenized in one
     piece after the prompt, as a prefill of whole steps (the label stage's prefixes) is tokenized.
     """
-    prompt = str(
-        tokenizer.apply_chat_template(chat_messages(problem), tokenize=False, add_generation_prompt=True)
-    )
+    messages = chat_messages(problem) if isinstance(problem, str) else problem
+    prompt = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     if not solution.startswith(STEP_PREFILL):
         raise ValueError(f"solution must start with {STEP_PREFILL!r}: {solution[:40]!r}")
     cut = len(STEP_PREFILL) if split_at_prefill else 0
@@ -132,7 +135,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 def pretrain(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerFast,
-    pairs: list[tuple[str, str]],
+    pairs: list[Example],
     cfg: TrainConfig,
     seed: int,
 ) -> list[tuple[int, float]]:
