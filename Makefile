@@ -25,8 +25,8 @@ setup: setup-test
 run: setup-run
 	@echo "run: dvc repro (offline small world; stages already up to date are skipped)"
 	dvc repro
-	@echo "run: metrics"
-	dvc metrics show
+	@echo "run: summary (every metric: dvc metrics show)"
+	genprm summary
 
 lint:
 	ruff check .

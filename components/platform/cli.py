@@ -5,6 +5,7 @@
     genprm params check | genprm params describe [SECTION]
     genprm sandbox run FILE [--timeout 5] | genprm sandbox info
     genprm score -m models:/genprm@champion --problem TEXT --step TEXT ... | --data FILE.jsonl [--out F]
+    genprm summary                       # a short readable summary of metrics/*.json (make run ends with it)
 
 ``dvc.yaml`` and the Prefect flows call the same entry points (each stage module's ``main``). Bad input
 or configuration prints one message naming the file, line or key and exits with status 2.
@@ -155,6 +156,19 @@ def train(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) ->
 def register(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
     """Log the GenPRM as an MLflow model, register a version, move `champion` only if it is better."""
     run_entry("register", params, set_)
+
+
+@app.command()
+def summary(
+    root: Annotated[Path, typer.Option(help="The checkout whose metrics/ and reports are read.")] = Path("."),
+) -> None:
+    """A short summary of the run: F1 by system and N, Best-of-N, label F1, kept rate, the decision."""
+    from components.platform.summary import render
+
+    if not root.is_dir():
+        typer.echo(f"error: --root {root}: no such directory", err=True)
+        raise typer.Exit(code=2)
+    typer.echo(render(root))
 
 
 benchmark_app = typer.Typer(help="Benchmark the GenPRM, or score any PRM's ProcessBench predictions.")
