@@ -87,6 +87,8 @@ def test_good_models_pass_the_check(good_model: Path, tmp_path: Path) -> None:
     assert len(list(sharded.glob("*.safetensors"))) > 1
     check_model_files(str(sharded))
     check_model_files("Qwen/Qwen2.5-Math-7B-Instruct")  # a hub id is left to from_pretrained
+    (sharded / "trainer_state.json").write_text("{")  # not a file from_pretrained reads
+    check_model_files(str(sharded))
 
 
 def test_the_check_names_the_damaged_file(damaged: tuple[Path, str, str]) -> None:

@@ -77,6 +77,22 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
+MODEL_JSON = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "adapter_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "chat_template.json",
+    }
+)
+"""The JSON files of a model directory that ``from_pretrained`` reads (plus ``*.index.json`` shard maps)."""
+
+
 def check_safetensors(file: Path) -> None:
     """Raise GenPRMError naming ``file`` when its header is unreadable or the file is cut short."""
     size = file.stat().st_size
@@ -103,8 +119,9 @@ def check_model_files(model: str) -> None:
     """For a local model directory: raise GenPRMError naming the first unreadable file in it.
 
     Checked without loading anything: the directory exists, it has ``config.json`` (or a PEFT
-    ``adapter_config.json``), every ``*.json`` parses, every ``*.safetensors`` has a readable header and
-    exactly the bytes it describes. A hub id is left to ``from_pretrained``.
+    ``adapter_config.json``), every JSON file ``from_pretrained`` reads (``MODEL_JSON``) parses, every
+    ``*.safetensors`` has a readable header and exactly the bytes it describes. A hub id is left to
+    ``from_pretrained``.
     """
     check_local_model(model)  # a path-like name without its directory: "model directory not found"
     path = Path(model).expanduser()
@@ -112,7 +129,8 @@ def check_model_files(model: str) -> None:
         return  # a hub id
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise GenPRMError(f"{path}: not a saved model directory (no config.json)")
-    for file in sorted(path.glob("*.json")):
+    read = [f for f in path.glob("*.json") if f.name in MODEL_JSON or f.name.endswith(".index.json")]
+    for file in sorted(read):
         try:
             json.loads(file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
