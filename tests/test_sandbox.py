@@ -307,12 +307,21 @@ def test_sessions_cannot_signal_each_other_or_read_each_others_files(sandbox: Sa
         ns_pid, workdir = pid.stdout.split()
         snoop = second.run(f"print(open({workdir + '/mine.txt'!r}).read())")
         assert snoop.status == "error" and "Error" in snoop.stderr and snoop.stdout == ""
-        peek = second.run(f"import os; print(os.listdir({workdir!r}), open('/proc/{ns_pid}/environ').read())")
-        assert peek.stdout == "" and "Error" in peek.stderr  # its own mount namespace; not dumpable
-        if sandbox.capabilities()["separate_uid"]:  # a shared uid (user namespaces) cannot stop signals
+        peek = second.run(f"import os; print(os.listdir({workdir!r}))")
+        assert "mine.txt" not in peek.stdout + peek.stderr  # its own mount namespace: an empty dir
+        if sandbox.capabilities()["separate_uid"]:
             result = second.run(f"import os\nos.kill({ns_pid}, 9)")
             assert "PermissionError" in result.stderr
-        assert first.run("print(open('mine.txt').read())").stdout == "a\n"
+            environ = second.run(f"print(open('/proc/{ns_pid}/environ').read())")
+            assert "PermissionError" in environ.stderr
+        else:  # one uid for all: each session has its own PID namespace (init 1, itself 2), no one to kill
+            spree = second.run(
+                "import os\ntry:\n    os.kill(-1, 9)\nexcept ProcessLookupError:\n    pass\n"
+                "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))"
+            )
+            assert spree.stdout == "[1, 2]\n", spree
+        after = first.run("print(open('mine.txt').read())")
+        assert after.stdout == "a\n" and not after.restarted
     assert_contained(sandbox, snoop, "error")
 
 
@@ -392,6 +401,7 @@ def test_capabilities_match_the_caller(sandbox: Sandbox) -> None:
     assert caps["network_namespace"] and caps["pid_namespace"] and caps["private_root"]
     assert caps["readonly_filesystem"] and "sympy" in caps["preloaded"]
     assert caps["separate_uid"] == ROOT and caps["session_user_namespace"] == (not ROOT)
+    assert caps["session_pid_namespace"] == (not ROOT)
     assert caps["mode"] == ("root" if ROOT else "userns")
     assert not [gap for gap in caps["not_enforced"] if gap.startswith("REQUIRED")]
 

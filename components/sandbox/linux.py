@@ -18,7 +18,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
 MS_REC, MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 16384, 1 << 18, 1 << 21, 1 << 24
 MNT_DETACH = 2
-CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER = 0x00020000, 0x20000000, 0x10000000
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_SECUREBITS = 4, 24, 28
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 36, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -166,11 +166,21 @@ def live_pids(uid: int | None = None, sid: int | None = None, mnt_ns: int | None
     return found
 
 
-def kill_all(who: dict[str, int | None], keep: int | None = None, rounds: int = 500) -> int:
+def ns_pid(pid: int) -> int | None:
+    """``pid``'s number in its innermost PID namespace (None when it is gone)."""
+    try:
+        return int(_status_fields(str(pid))["NSpid"].split()[-1])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
+def kill_all(
+    who: dict[str, int | None], keep: set[int] | frozenset[int] = frozenset(), rounds: int = 500
+) -> int:
     """SIGKILL every process ``who`` names (``live_pids`` keywords) but ``keep``, until none is left."""
     killed = 0
     for _ in range(rounds):
-        pids = live_pids(**who) - {keep, os.getpid()}
+        pids = live_pids(**who) - keep - {os.getpid()}
         if not pids:
             break
         for pid in pids:

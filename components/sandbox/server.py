@@ -176,15 +176,15 @@ def not_enforced(caps: dict[str, Any]) -> list[str]:
     gaps = [f"REQUIRED {gap}" for gap in missing(caps)]
     if caps.get("private_root") and not caps.get("readonly_filesystem"):
         gaps.append(f"filesystem: could not remount read-only: {caps.get('readonly_failed')}")
-    if caps.get("session_user_namespace"):
-        gaps.append("uid: sessions share the caller's uid (each in its own user namespace, no capabilities):"
-                    " a session can signal another session's processes")  # fmt: skip
-    elif not caps.get("separate_uid"):
+    if not caps.get("separate_uid") and not caps.get("session_user_namespace"):
         gaps.append("uid: snippets run as the caller's user (not root): env of other processes, signals")
     cgroups = caps.get("cgroups", {})
-    for name, what in (("memory", "memory of a session's processes together"), ("pids", "process count")):
-        if name not in cgroups:
-            gaps.append(f"cgroup {name}: only per-process rlimits bound {what}")
+    if "memory" not in cgroups:
+        gaps.append(
+            "cgroup memory: only RLIMIT_AS per process bounds a session's memory (times its processes)"
+        )
+    if "pids" not in cgroups:
+        gaps.append("cgroup pids: only RLIMIT_NPROC (per session uid or user namespace) bounds its processes")
     if "cpu" not in cgroups:
         gaps.append("cpu: only the session's cooperative RLIMIT_CPU bounds CPU (wall clock still enforced)")
     if caps.get("preload_failed"):

@@ -84,7 +84,10 @@ class Server:
         self.created: dict[int, dict[str, str]] = {}
         self.sessions: dict[int, tuple[int, str, int | None]] = {}  # pid -> (uid, workdir, mount ns)
         self.exited: dict[int, int] = {}
+        self.pins: dict[int, int] = {}  # pid -> fd holding the session's mount namespace
         self.own_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY) if self.private else -1
+        pid_ns = self.private and self.mode == "userns"  # sessions share a uid: separate them by PID ns
+        self.own_pid = os.open("/proc/self/ns/pid", os.O_RDONLY) if pid_ns else -1
         with open("/proc/self/statm") as statm:
             self.vm_bytes = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -97,7 +100,7 @@ class Server:
             if pid == 0:
                 return
             if pid in self.sessions:
-                self.exited[pid] = status
+                self.exited[pid] = _relayed(status) if self.own_pid >= 0 else status
 
     def handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         op = request["op"]
@@ -120,38 +123,44 @@ class Server:
         if self.mode == "root" and not self.private:
             os.chown(workdir, uid, uid)
         mnt_ns = None
-        if self.private:
-            linux.unshare(linux.CLONE_NEWNS)  # the session's own mount namespace; the server returns below
+        if self.private:  # the session's own mount (and, sharing our uid, PID) namespace
+            linux.unshare(linux.CLONE_NEWNS | (linux.CLONE_NEWPID if self.own_pid >= 0 else 0))
         try:
             if self.private:
                 size = self.config["disk_mb"]
-                linux.mount(
-                    "tmpfs",
-                    workdir,
-                    "tmpfs",
-                    linux.MS_NOSUID | linux.MS_NODEV,
-                    f"size={size}m,mode=700,uid={uid},gid={uid}",
-                )
+                options = f"size={size}m,mode=700,uid={uid},gid={uid}"
+                linux.mount("tmpfs", workdir, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, options)
                 linux.remount_readonly(self.config["workroot"])
-                mnt_ns = os.stat("/proc/self/ns/mnt").st_ino
+                pin = os.open("/proc/self/ns/mnt", os.O_RDONLY)  # held: its inode is not reused meanwhile
+                mnt_ns = os.fstat(pin).st_ino
             pid = os.fork()
             if pid == 0:
+                if self.own_pid >= 0:
+                    session_init(self, key, workdir, fds)
                 session_child(self, key, workdir, fds)
         finally:
-            if self.private:
+            if self.private:  # back to our own namespaces for the next spawn
                 linux.setns(self.own_mnt, linux.CLONE_NEWNS)
+            if self.own_pid >= 0:
+                linux.setns(self.own_pid, linux.CLONE_NEWPID)
         self.sessions[pid] = (uid, workdir, mnt_ns)
+        if mnt_ns is not None:
+            self.pins[pid] = pin
         for fd in fds:
             os.close(fd)
         return {"pid": pid, "workdir": workdir, "cgroups": self.created[key]}
 
     def kill(self, pid: int, keep: bool) -> int:
+        """SIGKILL the session's processes; ``keep``: all but the session process (and its init)."""
         uid, _, mnt_ns = self.sessions[pid]
         if self.mode == "root":
             who: dict[str, int | None] = {"uid": uid}
         else:  # one uid for all sessions: a session is its mount namespace (or its process session)
             who = {"mnt_ns": mnt_ns} if mnt_ns is not None else {"sid": pid}
-        return linux.kill_all(who, keep=pid if keep else None)
+        spare = {pid}
+        if keep and self.own_pid >= 0:  # in its PID namespace the init is 1, the session process 2
+            spare |= {p for p in linux.live_pids(**who) if linux.ns_pid(p) in (1, 2)}
+        return linux.kill_all(who, keep=spare if keep else set())
 
     def wait_exit(self, pid: int, wait_s: float) -> int | None:
         deadline = time.monotonic() + wait_s
@@ -168,13 +177,19 @@ class Server:
         if status is None:
             status = self.wait_exit(pid, 5.0)
         _, workdir, _ = self.sessions.pop(pid)
+        self.unpin(pid)
         _remove_tree(workdir)
         return {"wait_status": status}
+
+    def unpin(self, pid: int) -> None:
+        if pid in self.pins:
+            os.close(self.pins.pop(pid))
 
     def shutdown(self) -> None:
         """The caller is gone (closed or died): kill every session, remove workdirs and cgroups."""
         for pid in list(self.sessions):
             self.kill(pid, keep=False)
+            self.unpin(pid)
             _remove_tree(self.sessions.pop(pid)[1])
         for paths in self.created.values():
             self.cgroups.remove(paths)
@@ -190,6 +205,35 @@ def _remove_tree(path: str) -> None:
             for name in dirs:
                 os.rmdir(os.path.join(root, name))
         os.rmdir(path)
+
+
+def _relayed(status: int) -> int:
+    """The session's wait status from its init's exit code (a signal came as 128 + its number)."""
+    code = os.waitstatus_to_exitcode(status)
+    return code - 128 if 128 < code < 128 + signal.NSIG else max(code, 0) << 8
+
+
+def session_init(server: Server, key: int, workdir: str, fds: list[int]) -> NoReturn:
+    """PID 1 of a session's own PID namespace (user-namespace mode): mounts that namespace's /proc, forks
+    the session process, holds no fd (the caller sees the session's end), reaps, and exits with the
+    session's status; its exit ends every process left in the namespace."""
+    code = 70
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.dup2(fds[2], 2)  # a failure here reaches the caller as the session's stderr
+        linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+        child = os.fork()
+        if child == 0:
+            session_child(server, key, workdir, fds)
+        os.closerange(0, 1 << 16)
+        while True:
+            pid, status = os.waitpid(-1, 0)
+            if pid == child:
+                break
+        code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(status)
+    except BaseException:
+        traceback.print_exc()
+    os._exit(code & 0xFF)
 
 
 def session_child(server: Server, key: int, workdir: str, fds: list[int]) -> NoReturn:
@@ -253,6 +297,9 @@ def main() -> NoReturn:
     config["mount_namespace"], config["user_namespace"] = namespaces["mnt"], namespaces["user"]
     with contextlib.suppress(OSError):
         linux.prctl(linux.PR_SET_CHILD_SUBREAPER, 1)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # one pinned namespace per open session
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
     caps: dict[str, Any] = {}
     caps["preloaded"], caps["preload_failed"] = preload(config["preload"])
     cgroups = Cgroups(f"genprm-sbx-{config['owner']}")
@@ -268,6 +315,7 @@ def main() -> NoReturn:
     caps["cgroup_groups"] = [str(g) for g in cgroups.groups]
     caps["separate_uid"] = server.mode == "root"
     caps["session_user_namespace"] = server.mode == "userns"
+    caps["session_pid_namespace"] = server.own_pid >= 0
     caps["pid_namespace"] = os.getpid() == 1
     gc.freeze()  # keeps the preloaded heap's pages shared with the forked sessions
     signal.signal(signal.SIGCHLD, server.reap)
