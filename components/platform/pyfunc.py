@@ -128,7 +128,8 @@ class GenPRMPyfunc(PythonModel):
     def __del__(self) -> None:
         scorer = getattr(self, "scorer", None)
         if scorer is not None:
-            scorer.close()
+            with contextlib.suppress(Exception):  # at interpreter exit torch may already be torn down
+                scorer.close()
 
 
 # --------------------------------------------------------------------------------------------- logging
