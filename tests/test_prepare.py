@@ -294,8 +294,14 @@ def test_cli_failure_keeps_earlier_good_outputs(workdir: Path) -> None:
 
 def test_cli_unknown_params_key(workdir: Path) -> None:
     _assert_user_error(_prepare("prepare.bogus=1"), "prepare: unknown key 'bogus'")
-    _assert_user_error(_prepare("bootstrap.model.bogus=1"), "bootstrap.model: unknown key 'bogus'")
+    _assert_user_error(_prepare("prepar.seed=1"), "unknown section 'prepar'")
     assert not (workdir / "out").exists()
+    # A stage checks the sections it runs; a typo in another stage's section fails that stage and
+    # `genprm params check` (which the Prefect flow runs first), naming the key.
+    check = runner.invoke(
+        app, ["params", "check", "--params", "params.yaml", "--set", "bootstrap.model.bogus=1"]
+    )
+    _assert_user_error(check, "bootstrap.model: unknown key 'bogus'")
 
 
 def test_cli_missing_answer_field(workdir: Path) -> None:
