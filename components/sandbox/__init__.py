@@ -8,27 +8,37 @@
     genprm sandbox run FILE [--timeout 5]          # the CLI: one file, result as JSON
 
 Threat model. The code is untrusted: written by a model that may be wrong, prompt-injected or
-adversarial. It must not reach the network, write outside its working directory, read the caller's
-environment variables (API keys, tokens), signal or see the caller's processes, outlive its snippet, or
-exhaust the machine (CPU, memory, processes, disk, output). It may read world-readable files (system
-libraries, site-packages) and may crash or hang itself; the caller always gets a result. Out of scope:
-kernel exploits and side channels (use a VM or gVisor for hostile multi-tenant code).
+adversarial. It must not reach the network, read anything but the interpreter (not the project
+checkout, its infra/.env or .dvc/config.local, the home directory's caches and credentials, /root),
+write outside its working directory, read the caller's environment variables (API keys, tokens),
+signal or see the caller's or other sessions' processes, outlive its snippet, or exhaust the machine
+(CPU, memory, processes, disk, output). It may crash or hang itself; the caller always gets a result.
+Out of scope: kernel exploits and side channels (use a VM or gVisor for hostile multi-tenant code).
 
-Mechanism (see ``zygote`` and ``host``): a warm fork server with ``preload`` imported runs as root in
-fresh network, mount, PID, IPC and UTS namespaces (``unshare`` from util-linux): no interface but a
-down loopback, the filesystem read-only, /tmp, /var/tmp, /dev/shm, /run hidden, and it is PID 1, so its
-exit kills everything. Per session it forks a child that enters its own process session and group,
-its own memory/pids/cpuacct cgroups, gets rlimits (address space, process count, file size, no core
-dumps, 256 fds), a fresh tmpfs working directory of ``disk_mb`` (removed at close), an empty
-environment, and drops to a uid of its own (so RLIMIT_NPROC binds and it cannot signal the server or
-other sessions) with no_new_privs. The caller enforces the wall clock and the cgroup CPU time, caps the
-output it keeps, and after each snippet kills every other process of the session's uid. A timeout or
-a kill ends the session process; the next ``run`` starts a fresh namespace (``restarted=True``).
-What a machine cannot provide is listed by ``Sandbox.capabilities()["not_enforced"]`` and logged.
+Fail closed: without network isolation, a private filesystem view, a PID namespace and process and
+memory limits ``Sandbox()`` raises ``IsolationError`` naming what is missing and how to provide it;
+``SandboxConfig(isolation="none")`` is the only, explicit and logged, way to run code unconfined.
+
+Mechanism (see ``zygote``, ``rootfs`` and ``host``): a warm fork server with ``preload`` imported runs
+in fresh network, mount, PID, IPC and UTS namespaces (``unshare`` from util-linux; not root: inside a
+user namespace of its own too) and pivots into a minimal read-only root holding only /usr, a few /etc
+files, the interpreter's prefixes and ``sys.path``, a few /dev nodes, /proc and the work root. It is
+PID 1, so its exit kills everything. Per session it forks a child in a mount namespace of its own with
+a tmpfs working directory of ``disk_mb``, its own process session and group, its cgroups (v1 or v2:
+memory, pids, cpu), rlimits (address space, process count, file size, no core dumps, 256 fds) and an
+empty environment, which then loses its privileges: as root a uid of its own (so RLIMIT_NPROC binds and
+it cannot signal the server or other sessions); not root, its own user and PID namespaces with every
+capability dropped; no_new_privs in both. The caller enforces the wall clock and the cgroup CPU time,
+caps the output it keeps, and after each snippet kills every other process of the session. A timeout
+or a kill ends the session process; the next ``run`` starts a fresh namespace (``restarted=True``).
+What a machine cannot provide beyond the required set is listed by
+``Sandbox.capabilities()["not_enforced"]`` and logged.
 """
 
 from components.sandbox.config import ExecutionResult, SandboxConfig, Status
 from components.sandbox.host import Sandbox, Session
-from components.sandbox.server import SandboxError
+from components.sandbox.server import IsolationError, SandboxError
 
-__all__ = ["ExecutionResult", "Sandbox", "SandboxConfig", "SandboxError", "Session", "Status"]
+__all__ = [
+    "ExecutionResult", "IsolationError", "Sandbox", "SandboxConfig", "SandboxError", "Session", "Status",
+]  # fmt: skip

@@ -166,14 +166,6 @@ def live_pids(uid: int | None = None, sid: int | None = None, mnt_ns: int | None
     return found
 
 
-def ns_pid(pid: int) -> int | None:
-    """``pid``'s number in its innermost PID namespace (None when it is gone)."""
-    try:
-        return int(_status_fields(str(pid))["NSpid"].split()[-1])
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
-
-
 def kill_all(
     who: dict[str, int | None], keep: set[int] | frozenset[int] = frozenset(), rounds: int = 500
 ) -> int:

@@ -21,6 +21,7 @@ import importlib
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import sys
@@ -86,8 +87,12 @@ class Server:
         self.exited: dict[int, int] = {}
         self.pins: dict[int, int] = {}  # pid -> fd holding the session's mount namespace
         self.own_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY) if self.private else -1
-        pid_ns = self.private and self.mode == "userns"  # sessions share a uid: separate them by PID ns
+        sleep = shutil.which("sleep", path=SESSION_ENV["PATH"])
+        self.init_command = [sleep or "sleep", "infinity"]
+        # sessions sharing one uid are kept apart by a PID namespace each
+        pid_ns = self.private and self.mode == "userns" and sleep is not None
         self.own_pid = os.open("/proc/self/ns/pid", os.O_RDONLY) if pid_ns else -1
+        self.inits: dict[int, int] = {}  # session pid -> its PID namespace's init (a sleeper)
         with open("/proc/self/statm") as statm:
             self.vm_bytes = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
@@ -100,7 +105,7 @@ class Server:
             if pid == 0:
                 return
             if pid in self.sessions:
-                self.exited[pid] = _relayed(status) if self.own_pid >= 0 else status
+                self.exited[pid] = status
 
     def handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         op = request["op"]
@@ -133,10 +138,11 @@ class Server:
                 linux.remount_readonly(self.config["workroot"])
                 pin = os.open("/proc/self/ns/mnt", os.O_RDONLY)  # held: its inode is not reused meanwhile
                 mnt_ns = os.fstat(pin).st_ino
+            init = None
+            if self.own_pid >= 0:  # PID 1 of the session's PID namespace: a sleeper, spawned without a copy
+                init = os.posix_spawn(self.init_command[0], self.init_command, {})
             pid = os.fork()
             if pid == 0:
-                if self.own_pid >= 0:
-                    session_init(self, key, workdir, fds)
                 session_child(self, key, workdir, fds)
         finally:
             if self.private:  # back to our own namespaces for the next spawn
@@ -146,6 +152,8 @@ class Server:
         self.sessions[pid] = (uid, workdir, mnt_ns)
         if mnt_ns is not None:
             self.pins[pid] = pin
+        if init is not None:
+            self.inits[pid] = init
         for fd in fds:
             os.close(fd)
         return {"pid": pid, "workdir": workdir, "cgroups": self.created[key]}
@@ -157,10 +165,8 @@ class Server:
             who: dict[str, int | None] = {"uid": uid}
         else:  # one uid for all sessions: a session is its mount namespace (or its process session)
             who = {"mnt_ns": mnt_ns} if mnt_ns is not None else {"sid": pid}
-        spare = {pid}
-        if keep and self.own_pid >= 0:  # in its PID namespace the init is 1, the session process 2
-            spare |= {p for p in linux.live_pids(**who) if linux.ns_pid(p) in (1, 2)}
-        return linux.kill_all(who, keep=spare if keep else set())
+        spare = {pid, self.inits.get(pid, pid)} if keep else set()
+        return linux.kill_all(who, keep=spare)
 
     def wait_exit(self, pid: int, wait_s: float) -> int | None:
         deadline = time.monotonic() + wait_s
@@ -177,6 +183,7 @@ class Server:
         if status is None:
             status = self.wait_exit(pid, 5.0)
         _, workdir, _ = self.sessions.pop(pid)
+        self.inits.pop(pid, None)
         self.unpin(pid)
         _remove_tree(workdir)
         return {"wait_status": status}
@@ -207,35 +214,6 @@ def _remove_tree(path: str) -> None:
         os.rmdir(path)
 
 
-def _relayed(status: int) -> int:
-    """The session's wait status from its init's exit code (a signal came as 128 + its number)."""
-    code = os.waitstatus_to_exitcode(status)
-    return code - 128 if 128 < code < 128 + signal.NSIG else max(code, 0) << 8
-
-
-def session_init(server: Server, key: int, workdir: str, fds: list[int]) -> NoReturn:
-    """PID 1 of a session's own PID namespace (user-namespace mode): mounts that namespace's /proc, forks
-    the session process, holds no fd (the caller sees the session's end), reaps, and exits with the
-    session's status; its exit ends every process left in the namespace."""
-    code = 70
-    try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.dup2(fds[2], 2)  # a failure here reaches the caller as the session's stderr
-        linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
-        child = os.fork()
-        if child == 0:
-            session_child(server, key, workdir, fds)
-        os.closerange(0, 1 << 16)
-        while True:
-            pid, status = os.waitpid(-1, 0)
-            if pid == child:
-                break
-        code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.waitstatus_to_exitcode(status)
-    except BaseException:
-        traceback.print_exc()
-    os._exit(code & 0xFF)
-
-
 def session_child(server: Server, key: int, workdir: str, fds: list[int]) -> NoReturn:
     """In the forked child: lock down, then serve snippets. Never returns."""
     try:
@@ -246,6 +224,8 @@ def session_child(server: Server, key: int, workdir: str, fds: list[int]) -> NoR
         for target, fd in zip((runtime.CTRL_FD, 1, 2, 0), (*fds, devnull), strict=True):
             os.dup2(fd, target)
         os.closerange(runtime.CTRL_FD + 1, 1 << 16)
+        if server.own_pid >= 0:  # this PID namespace's own /proc: only its init (1) and itself (2)
+            linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
         if server.mode == "userns":
             # Before RLIMIT_NPROC: a user namespace inherits its creator's limit as its ceiling.
             linux.enter_user_namespace(SESSION_UID)
@@ -289,6 +269,7 @@ def set_limits(server: Server) -> None:
 def main() -> NoReturn:
     config = json.loads(sys.argv[-1])
     ctrl = socket.socket(fileno=config["ctrl_fd"])
+    os.set_inheritable(ctrl.fileno(), False)
     os.environ.clear()
     os.environ.update({**SESSION_ENV, **THREAD_ENV})
     namespaces = {
@@ -329,6 +310,8 @@ def serve(server: Server) -> NoReturn:
         if message is None:
             break
         request, fds = message
+        for fd in fds:  # for the forked session only, never for a spawned init
+            os.set_inheritable(fd, False)
         try:
             reply = server.handle(request, fds)
         except Exception as exc:
