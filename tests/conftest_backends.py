@@ -22,6 +22,8 @@ import torch
 from components.world.smallmodel import ModelConfig, build_model, train_tokenizer
 
 TINY_SHAPE = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64)
+# vLLM's CPU attention kernels need a head size of at least 32 (head_dim 16 fails at the first request).
+VLLM_SHAPE = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=128)
 
 
 def synthetic_lines(count: int = 400, seed: int = 0) -> list[str]:
@@ -47,10 +49,10 @@ def arithmetic_prompts(count: int, seed: int = 1) -> list[list[dict[str, str]]]:
     return prompts
 
 
-def build_tiny_model(path: Path, seed: int = 0) -> Path:
-    """Save the tiny tokenizer and random model into ``path`` (created) and return it."""
+def build_tiny_model(path: Path, seed: int = 0, shape: ModelConfig = TINY_SHAPE) -> Path:
+    """Save the tiny tokenizer and random model (``shape``) into ``path`` (created) and return it."""
     tokenizer = train_tokenizer(synthetic_lines(), vocab_size=300)
-    model = build_model(TINY_SHAPE, tokenizer, seed=seed)
+    model = build_model(shape, tokenizer, seed=seed)
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():

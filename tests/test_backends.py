@@ -20,12 +20,14 @@ from components.backends.base import (
     GenerationRequest,
     SamplingParams,
     cut_at_stop,
+    derive_seed,
     looks_like_path,
     make_backend,
     render_prompt,
+    request_seeds,
 )
-from components.backends.hf import HFBackend, left_pad, length_order
-from components.backends.vllm import from_vllm_output, to_vllm_sampling_kwargs
+from components.backends.hf import HFBackend, left_pad, length_order, token_texts
+from components.backends.vllm import from_vllm_output, seeding_for, to_vllm_sampling_kwargs
 from components.platform.config import build_config
 from components.platform.errors import ConfigError, GenPRMError
 
@@ -206,8 +208,8 @@ def test_prefill_is_not_returned(backend: HFBackend) -> None:
 
 
 def test_to_vllm_sampling_kwargs() -> None:
-    params = SamplingParams(n=4, temperature=0.7, top_p=0.9, max_tokens=64, stop=["\n\n"], seed=3, logprobs=2)
-    assert to_vllm_sampling_kwargs(params) == {
+    params = SamplingParams(n=4, temperature=0.7, top_p=0.9, max_tokens=64, stop=["\n\n"], seed=9, logprobs=2)
+    assert to_vllm_sampling_kwargs(params, 3) == {
         "n": 4,
         "temperature": 0.7,
         "top_p": 0.9,
@@ -218,6 +220,52 @@ def test_to_vllm_sampling_kwargs() -> None:
         "logprobs": 2,
     }
     assert to_vllm_sampling_kwargs(SamplingParams(top_k=20))["top_k"] == 20
+    assert to_vllm_sampling_kwargs(params)["seed"] is None  # the seed is per request, never the call's
+
+
+def test_seeds_mean_the_same_on_every_backend() -> None:
+    requests = [GenerationRequest(prompt="p")] * 3 + [GenerationRequest(prompt="p", seed=7)]
+    seeds = request_seeds(requests, SamplingParams(seed=5))
+    assert len(set(seeds[:3])) == 3 and seeds[3] == 7  # identical prompts never share a seed
+    assert seeds == request_seeds(requests, SamplingParams(seed=5))  # and the call is reproducible
+    assert request_seeds(requests[:1], SamplingParams()) == [None]
+    assert derive_seed(5, 0) == derive_seed(5, 0) != derive_seed(5, 1) and 0 <= derive_seed(5, 0) < 2**62
+    assert seeding_for("auto", cpu=True) == "none" and seeding_for("auto", cpu=False) == "request"
+    assert seeding_for("none", cpu=False) == "none" and seeding_for("request", cpu=True) == "request"
+
+
+def test_hf_seeds_once_per_call(backend: HFBackend, tiny_model_dir: Path) -> None:
+    assert backend.seeding == "call"
+    same = [GenerationRequest(messages=arithmetic_prompts(1)[0])] * 4
+    params = SamplingParams(temperature=1.0, max_tokens=16, seed=3)
+    first = backend.generate(same, params)
+    assert len({r.samples[0].text for r in first}) > 1  # identical prompts: independent samples
+    assert backend.generate(same, params) == first
+    seeded = [GenerationRequest(messages=arithmetic_prompts(1)[0], seed=s) for s in range(4)]
+    assert backend.generate(seeded, params) == backend.generate(seeded, params)
+    assert backend.generate(seeded, params) != first
+    with pytest.raises(ConfigError, match="seeds"):
+        HFBackend(BackendConfig(model=str(tiny_model_dir), seeds="request"), backend.model, backend.tokenizer)
+
+
+def test_token_texts_do_not_drift_after_non_ascii(backend: HFBackend) -> None:
+    tok = backend.tokenizer
+    text = "café ≠ naïve: $\\boxed{No}$ ok"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some token holds part of a character
+    texts = token_texts(tok, ids)
+    assert len(texts) == len(ids) and "".join(texts) == tok.decode(ids) == text
+
+
+def test_hf_logprob_tokens_join_to_the_text(backend: HFBackend) -> None:
+    results = backend.generate(
+        chat_requests(6), SamplingParams(temperature=1.0, max_tokens=24, logprobs=2, seed=1)
+    )
+    for result in results:
+        sample = result.samples[0]
+        assert sample.logprobs is not None
+        joined = "".join(t.token for t in sample.logprobs)
+        assert joined.startswith(sample.text)  # the text, then at most the EOS token's text
 
 
 def _lp(logprob: float, rank: int, text: str) -> SimpleNamespace:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from components.method.bestofn import SELECTORS, Candidate, accuracy, select, solution_score
+from components.method.bestofn import SELECTORS, Candidate, accuracy, answer_groups, select, solution_score
 
 
 def c(answer: str | None, correct: bool, *rewards: float) -> Candidate:
@@ -85,3 +85,19 @@ def test_unknown_selector_and_empty_rows_fail() -> None:
     with pytest.raises(ValueError, match="no candidates"):
         select([], "prm_min")
     assert "prm_min" in SELECTORS
+
+
+def test_votes_group_answers_by_math_equivalence() -> None:
+    # 0.5, 1/2 and \frac{1}{2} are one answer (three votes), against 0.75 twice: removing spaces would
+    # have counted three different answers and let 0.75 win the majority.
+    row = [
+        c("0.75", False, 0.9),
+        c("1/2", True, 0.4),
+        c("0.75", False, 0.9),
+        c("0.5", True, 0.4),
+        c("\\frac{1}{2}", True, 0.4),
+    ]
+    assert answer_groups(row) == [0, 1, 0, 1, 1]
+    assert select(row, "majority") == 1.0
+    assert select(row, "weighted_vote", vote_score="min") == 0.0  # 1.8 for 0.75 beats 1.2 for 1/2
+    assert answer_groups([c(None, False), c("x + 1", True), c("1+x", True)]) == [None, 0, 0]

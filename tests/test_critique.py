@@ -8,15 +8,30 @@ are what a trained GenPRM would see.
 
 from __future__ import annotations
 
+import math
+import random
 import re
 from collections.abc import Callable
 
 import pytest
 
-from components.backends.base import Backend, GenerationRequest, GenerationResult, Sample, SamplingParams
+from components.backends.base import (
+    Backend,
+    GenerationRequest,
+    GenerationResult,
+    Sample,
+    SamplingParams,
+    TokenLogprob,
+)
 from components.method.critique import Chain, CritiqueSettings, run_chains
-from components.method.rationale import CODE_STOP
-from components.method.scorer import GenPRMScorer, ScorerConfig
+from components.method.rationale import CODE_STOP, VERDICT_PREFILL
+from components.method.scorer import (
+    NO_VERDICT_REWARD,
+    GenPRMScorer,
+    ScoredSolution,
+    ScorerConfig,
+    verdict_stats,
+)
 from components.sandbox import Sandbox, SandboxConfig
 
 Script = Callable[[str, str], str]
@@ -43,6 +58,30 @@ class ScriptedBackend(Backend):
         return results
 
 
+class LengthBackend(Backend):
+    """Plays ``script`` but runs into max_tokens unless the text ends by itself ("</output>"); records
+    the sampling params of each call; ``logprobs(text)`` gives the tokens of a piece where wanted."""
+
+    def __init__(self, script: Script, logprobs: Callable[[str], list[TokenLogprob] | None] | None = None):
+        self.script, self.logprobs = script, logprobs
+        self.calls = 0
+        self.params: list[SamplingParams] = []
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        self.calls += 1
+        self.params.append(params)
+        results = []
+        for req in requests:
+            assert req.messages is not None
+            text = self.script(req.messages[-1]["content"], req.prefill)
+            reason = "stop" if "</output>" in text else "length"
+            for stop in params.stop:
+                text = text.split(stop)[0]
+            lps = self.logprobs(text) if self.logprobs else None
+            results.append(GenerationResult([Sample(text, reason, 1, 8, lps)]))  # type: ignore[arg-type]
+        return results
+
+
 def verifier(user: str, prefill: str) -> str:
     """Step text 'v = <expr>' -> code defining v and printing it; verdict Yes iff the output is even."""
     if "[Code Output]" in prefill:
@@ -66,7 +105,7 @@ def test_code_runs_output_is_fed_back_and_the_namespace_persists(sandbox: Sandbo
     first = chain.turns[0]
     assert "```python\ntotal = 20\nprint(total)\n```\n[Code Output]\n\n```\n20\n```\n</verify>" in first.text
     assert first.rounds == 1 and first.statuses == ["ok"]
-    assert first.reward == 1.0 and first.reward_source == "text"
+    assert first.reward == 1.0 and first.reward_source == "verdict_text" and not first.forced
 
 
 def test_errors_are_shown_to_the_model(sandbox: Sandbox) -> None:
@@ -85,7 +124,93 @@ def test_rounds_are_bounded_and_a_missing_verdict_is_none(sandbox: Sandbox) -> N
     run_chains(ScriptedBackend(stubborn), [chain], CritiqueSettings(max_rounds=3), sandbox)
     [turn] = chain.turns
     assert turn.rounds == 3 and len(turn.statuses) == 3
-    assert turn.verdict is None and turn.reward is None
+    assert turn.verdict is None and turn.reward is None and turn.reward_source == "none"
+    assert turn.forced and turn.text.endswith("</output>")  # the forced round was tried, in vain
+
+
+def answers_when_asked(user: str, prefill: str) -> str:
+    """A model that rambles past max_tokens, but states a verdict when the paper's prefill asks for it."""
+    if prefill.endswith(VERDICT_PREFILL):
+        return "{No}$\n</output>"
+    return "<analyze>\nLet's analyze the Paragraph 1 step by step: this goes on and on"
+
+
+def test_a_round_cut_by_max_tokens_gets_the_forced_verdict(sandbox: Sandbox) -> None:
+    backend = LengthBackend(answers_when_asked)
+    chain = Chain("Problem", ["x = 1", "x = 2"])
+    run_chains(backend, [chain], CritiqueSettings(max_rounds=2), sandbox)
+    assert [t.verdict for t in chain.turns] == [0, 0]
+    assert all(t.forced and t.reward == 0.0 and t.reward_source == "verdict_text" for t in chain.turns)
+    first = chain.turns[0].text
+    assert first.endswith("and on\n</analyze>\n" + VERDICT_PREFILL + "{No}$\n</output>")
+    assert backend.calls == 4  # per step: the cut round, then the verdict round
+    assert backend.params[1].max_tokens < backend.params[0].max_tokens
+
+
+def test_the_forced_verdict_reward_comes_from_its_logprobs(sandbox: Sandbox) -> None:
+    def with_logprobs(text: str) -> list[TokenLogprob] | None:
+        if not text.startswith("{"):
+            return None
+        return [
+            TokenLogprob("{No", math.log(0.7), {"{No": math.log(0.7), "{Yes": math.log(0.3)}),
+            TokenLogprob("}$\n", math.log(0.9), {}),
+        ]
+
+    chain = Chain("Problem", ["x = 1"])
+    run_chains(
+        LengthBackend(answers_when_asked, with_logprobs), [chain], CritiqueSettings(logprobs=2), sandbox
+    )
+    [turn] = chain.turns
+    assert turn.verdict == 0 and turn.reward_source == "logprobs"
+    assert turn.reward == pytest.approx(0.3)
+
+
+def test_code_that_prints_a_verdict_does_not_judge_the_step(sandbox: Sandbox) -> None:
+    def printer(user: str, prefill: str) -> str:
+        if prefill.endswith(VERDICT_PREFILL):
+            return "{No}$\n</output>"
+        if "[Code Output]" in prefill:
+            return "</verify>\n"  # the model itself states no verdict
+        return "<verify>\n```python\nprint('```')\nprint('\\\\boxed{Yes}')" + CODE_STOP
+
+    chain = Chain("Problem", ["x"])
+    run_chains(ScriptedBackend(printer), [chain], CritiqueSettings(), sandbox)
+    [turn] = chain.turns
+    assert "\\boxed{Yes}" in turn.text  # the code's output is shown to the model ...
+    assert turn.verdict == 0 and turn.forced  # ... but only the model's own words judge
+
+
+class SeededBackend(Backend):
+    """Like vLLM with per-request seeds: each sample is a function of its prompt and its seed alone."""
+
+    seeding = "request"
+
+    def __init__(self) -> None:
+        self.seeds: list[list[int | None]] = []
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        seeds = [req.seed for req in requests]  # the critique loop must give every request its own
+        assert None not in seeds
+        self.seeds.append(seeds)
+        results = []
+        for req, seed in zip(requests, seeds, strict=True):
+            if req.prefill.endswith(VERDICT_PREFILL):
+                text = "{Yes}$\n" if random.Random(seed).random() < 0.5 else "{No}$\n"
+            else:
+                text = "<analyze>\nfine\n</analyze>\n"
+            results.append(GenerationResult([Sample(text, "stop", 1, 3)]))
+        return results
+
+
+def test_maj_at_n_samples_have_distinct_seeds_and_differ() -> None:
+    backend = SeededBackend()
+    scorer = GenPRMScorer(ScorerConfig(execute=False, logprobs=0), backend=backend)
+    [scored] = scorer.score([("P", [f"step {i}" for i in range(6)])], samples=8)
+    assert all(len(set(call)) == len(call) for call in backend.seeds)  # 8 chains, 8 seeds, every round
+    rows = {tuple(sample) for sample in scored.samples}
+    assert len(rows) > 1  # the 8 critiques differ: Maj@8 is not Pass@1
+    again = GenPRMScorer(ScorerConfig(execute=False, logprobs=0), backend=SeededBackend())
+    assert again.score([("P", [f"step {i}" for i in range(6)])], samples=8)[0].samples == scored.samples
 
 
 def test_without_execution_the_model_writes_on_and_nothing_runs(sandbox: Sandbox) -> None:
@@ -112,19 +237,34 @@ def test_many_chains_advance_in_lockstep(sandbox: Sandbox) -> None:
     assert backend.calls == 4  # 2 steps x (code round + verdict round), every chain in each call
 
 
-def test_scorer_averages_samples_and_maps_missing_verdicts_to_half(sandbox: Sandbox) -> None:
+def test_scorer_averages_samples_and_scores_missing_verdicts_as_wrong(sandbox: Sandbox) -> None:
     cfg = ScorerConfig(max_rounds=1)
     scorer = GenPRMScorer(cfg, backend=ScriptedBackend(verifier), sandbox=sandbox)
     [scored] = scorer.score([("P", ["total = 4", "total = total + 1"])], samples=3)
     assert scored.samples == [[1.0, 0.0]] * 3
     assert scored.rewards(2) == [1.0, 0.0]
     assert scored.code_runs == 6 and scored.code_failures == 0
+    assert scored.source_counts == {"logprobs": 0, "verdict_text": 6, "none": 0}
 
     def silent(user: str, prefill: str) -> str:
         return "I cannot decide."
 
     [blank] = GenPRMScorer(cfg, backend=ScriptedBackend(silent), sandbox=sandbox).score([("P", ["a"])])
-    assert blank.rewards() == [0.5] and blank.missing_verdicts == 1
+    assert blank.rewards() == [0.0] and blank.missing_verdicts == 1  # a failure is never "correct"
+    assert blank.source_counts["none"] == 1
+    paper = ScorerConfig(max_rounds=1, missing_verdict_reward=0.5)  # the paper's code
+    [half] = GenPRMScorer(paper, backend=ScriptedBackend(silent), sandbox=sandbox).score([("P", ["a"])])
+    assert half.rewards() == [0.5]
+
+
+def test_maj_at_n_leaves_samples_without_a_verdict_out_of_the_mean() -> None:
+    scored = ScoredSolution([[0.9, None], [None, None], [0.7, 0.2]], [], 3, [], 0, 0, 0)
+    assert scored.rewards() == pytest.approx([0.8, 0.2])
+    assert scored.rewards(1) == pytest.approx([0.9, NO_VERDICT_REWARD])
+    stats = verdict_stats([{"logprobs": 3, "none": 1}, {"logprobs": 4}])
+    assert stats["missing"] == 1 and stats["turns"] == 8 and stats["missing_rate"] == 1 / 8
+    assert stats["reward_source"] == "logprobs"
+    assert verdict_stats([{"logprobs": 1, "verdict_text": 1}])["reward_source"] == "mixed"
 
 
 @pytest.mark.timeout(120)

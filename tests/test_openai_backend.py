@@ -160,13 +160,39 @@ def test_timeout(fake: FakeServer) -> None:
 
 def test_fills_n_when_the_server_ignores_it(fake: FakeServer) -> None:
     fake.reply = lambda path, body, count: (200, completion(f"s{body.get('seed')}"))
+    seeded = [GenerationRequest(prompt="Step 1:", seed=5)]
     with fake_backend(fake) as backend:
-        [result] = backend.generate(PROMPT, SamplingParams(n=3, seed=5))
-        assert [s.text for s in result.samples] == ["s5", "s6", "s7"]
+        [result] = backend.generate(seeded, SamplingParams(n=3))
+        assert [s.text for s in result.samples] == ["s5", "s6", "s7"]  # sample i: seed + i, as vLLM's n
         assert backend.supports_n is False
         assert sorted((b["n"], b["seed"]) for b in fake.bodies) == [(1, 6), (1, 7), (3, 5)]
         backend.generate(PROMPT, SamplingParams(n=2, seed=0))  # known now: single requests from the start
         assert [b["n"] for b in fake.bodies[3:]] == [1, 1]
+
+
+def test_identical_prompts_never_share_a_seed(fake: FakeServer) -> None:
+    # Maj@N sends N identical prompts in one call: one seed for all would make N copies of one sample.
+    fake.reply = lambda path, body, count: (200, completion(f"s{body.get('seed')}"))
+    with fake_backend(fake) as backend:
+        assert backend.seeding == "request"
+        results = backend.generate(PROMPT * 4, SamplingParams(seed=5))
+        assert len({r.samples[0].text for r in results}) == 4
+        again = backend.generate(PROMPT * 4, SamplingParams(seed=5))
+        assert [r.samples[0].text for r in again] == [r.samples[0].text for r in results]  # reproducible
+        own = backend.generate(
+            [GenerationRequest(prompt="Step 1:", seed=s) for s in (11, 12)], SamplingParams(seed=5)
+        )
+        assert [r.samples[0].text for r in own] == ["s11", "s12"]  # a request's own seed wins
+
+
+def test_seeds_none_sends_no_seed(fake: FakeServer) -> None:
+    # vLLM on CPU: a seeded request prefilled in chunks kills the engine, so no seed may be sent.
+    fake.reply = lambda path, body, count: (200, completion(*[f"t{count}.{i}" for i in range(body["n"])]))
+    with fake_backend(fake, seeds="none") as backend:
+        assert backend.seeding == "none"
+        results = backend.generate([GenerationRequest(prompt="p", seed=3)] * 3, SamplingParams(n=2, seed=5))
+    assert all("seed" not in body for body in fake.bodies)
+    assert len({s.text for r in results for s in r.samples}) == 6
 
 
 def test_uses_n_when_the_server_honours_it(fake: FakeServer) -> None:

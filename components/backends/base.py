@@ -9,6 +9,27 @@ the assistant turn) into samples, with the same semantics everywhere:
 - Stop strings cut the text before the first stop string and give ``finish_reason="stop"``; ending on EOS
   is ``"stop"`` too; running into ``max_tokens`` is ``"length"``.
 - ``logprobs=k`` returns, for each generated token, its log-probability and the ``k`` most likely tokens.
+  The token texts, concatenated, are the generated text as far as it goes (a token that only holds part
+  of a multi-byte character may be empty or hold a replacement character, but ASCII text around it is
+  never shifted), so a position found in the token texts maps to a token.
+
+Seeds (the same meaning for every backend; ``Backend.seeding`` says which of them a backend gives):
+
+- Every sample is an independent draw. Two requests with the same prompt in one call, and the ``n``
+  samples of one request, are never copies of each other because they share a seed. (Maj@N relies on
+  this: its N critiques of a step start from the same prompt.)
+- A request's seed is ``GenerationRequest.seed`` when set, else ``derive_seed(params.seed, index)`` for
+  the request at ``index`` of the call (when ``params.seed`` is set), else none. Sample ``i`` of a
+  request with seed ``s`` uses ``s + i`` (vLLM's own rule for ``n`` > 1), so ``n=3, seed=s`` gives the
+  same samples as three requests with seeds ``s``, ``s + 1``, ``s + 2`` where seeds are per request.
+- ``seeding == "request"``: a request's samples depend only on its prompt, the sampling params and its
+  seed, not on the other requests of the call (vLLM on GPU, in-process or behind ``vllm serve``).
+- ``seeding == "call"``: the call as a whole is reproducible (same requests, seeds and params give the same
+  samples); a request's samples also depend on its batch-mates (``hf``: one torch seed per call, mixed
+  from ``params.seed`` and every request's seed).
+- ``seeding == "none"``: no seed reaches the engine; samples are independent but not reproducible. This
+  is vLLM on CPU (a seeded request whose prompt is prefilled in chunks kills vLLM 0.32's CPU engine:
+  "CPU Generator does not use offset"), chosen with ``BackendConfig.seeds: none`` or detected in-process.
 
 Use it like this::
 
@@ -25,6 +46,7 @@ Implementations are picked from the plain dict ``BACKENDS``; each factory import
 from __future__ import annotations
 
 import abc
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,13 +96,31 @@ class SamplingParams:
         return self.temperature == 0
 
 
+Seeding = Literal["request", "call", "none"]
+
+
+def derive_seed(seed: int | None, *parts: object) -> int | None:
+    """A 62-bit seed from a base seed and the parts naming one draw (None stays None).
+
+    62 bits leave room for ``seed + i`` (sample ``i``) within a signed 64-bit seed (vLLM, torch).
+    """
+    if seed is None:
+        return None
+    text = "\x1f".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 2
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt: exactly one of ``prompt`` (raw text) or ``messages`` (chat), plus an optional prefill."""
+    """One prompt: exactly one of ``prompt`` (raw text) or ``messages`` (chat), plus an optional prefill.
+
+    ``seed``: this request's own seed (see the module docstring); None takes one derived from the call's.
+    """
 
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
     prefill: str = ""
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -148,6 +188,13 @@ class BackendConfig:
         3, help="openai only: retries on connection errors, timeouts, 5xx and 429 (exponential backoff)."
     )
     vllm: dict[str, Any] = option({}, help=_VLLM_HELP)
+    seeds: Literal["auto", "request", "none"] = option(
+        "auto",
+        help="How seeds reach the engine. auto: the backend's best (hf: one seed per call; vllm: per "
+        "request, none on CPU; openai: per request). request: each request sends its own seed. none: "
+        "no seed is sent (samples stay independent, not reproducible): set it for vLLM on CPU, whose "
+        "engine dies on a seeded request prefilled in chunks.",
+    )
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
@@ -172,9 +219,13 @@ class BackendConfig:
 
 
 class Backend(abc.ABC):
-    """A text generator; see the module docstring for the shared semantics."""
+    """A text generator; see the module docstring for the shared semantics.
+
+    ``seeding`` is the seed capability (module docstring): "request", "call" or "none".
+    """
 
     name: str = "backend"
+    seeding: Seeding = "call"
 
     @abc.abstractmethod
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
@@ -215,6 +266,16 @@ def check_local_model(model: str) -> None:
         path = Path(model).expanduser()
         if not path.is_dir():
             raise GenPRMError(f"model directory not found: {path}")
+
+
+def request_seeds(requests: list[GenerationRequest], params: SamplingParams) -> list[int | None]:
+    """Each request's seed: its own, else one derived from ``params.seed`` and its index, else None."""
+    return [r.seed if r.seed is not None else derive_seed(params.seed, i) for i, r in enumerate(requests)]
+
+
+def sample_seed(seed: int | None, index: int) -> int | None:
+    """The seed of sample ``index`` of a request with ``seed`` (vLLM's rule for n > 1: ``seed + index``)."""
+    return None if seed is None else seed + index
 
 
 def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:

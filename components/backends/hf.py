@@ -14,10 +14,15 @@ Semantics (see ``components.backends.base``):
 - ``num_generated_tokens`` counts the tokens up to and including the EOS token or the token that
   completed the stop string.
 - ``logprobs`` are the log-softmax of the model's RAW logits (before temperature, top-k, top-p), i.e.
-  the model's own distribution at temperature 1 - the same convention as vLLM's default. Tokens are
-  decoded one id at a time; alternatives whose decoded text collides keep the higher value.
-- With ``seed`` set, ``torch.manual_seed(seed)`` runs at the start of every ``generate`` call, so the same
-  seed, inputs and batch size give the same outputs on CPU.
+  the model's own distribution at temperature 1 - the same convention as vLLM's default. A generated
+  token's text is what it adds to the decoded text (``token_texts``: incremental decoding, so a
+  character split over several byte tokens shifts nothing); alternatives are decoded one id at a time,
+  and those whose decoded text collides keep the higher value.
+- Seeds (``seeding`` "call"): ``torch.manual_seed`` runs at the start of every ``generate`` call, with
+  ``params.seed`` when no request has its own seed, else with a seed mixed from ``params.seed`` and every
+  request's seed; the same call (seeds, inputs, batch size) gives the same outputs on CPU. Every row of
+  a batch draws its own random numbers, so identical prompts still give independent samples.
+  ``cfg.seeds: none`` seeds nothing; ``request`` is refused (one generator serves the whole batch).
 
 Every model load of the project (policy, completer, teacher, GenPRM, the base model of ``train``, the
 pyfunc) goes through ``load_tokenizer`` / ``load_causal_lm``: a local directory is checked first
@@ -46,9 +51,10 @@ from components.backends.base import (
     TokenLogprob,
     check_local_model,
     cut_at_stop,
+    derive_seed,
     render_prompt,
 )
-from components.platform.errors import GenPRMError
+from components.platform.errors import ConfigError, GenPRMError
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +163,28 @@ def load_causal_lm(model: str, dtype: Any) -> Any:
         raise GenPRMError(f"cannot load model {model}: {_one_line(exc)}") from exc
 
 
+def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
+    """What each token of ``ids`` adds to the decoded text; joined, they are ``decode(ids)``.
+
+    Incremental decoding (as vLLM detokenizes): a token that ends inside a multi-byte character adds
+    nothing until the character is complete, where decoding it alone would give a replacement character
+    and shift every later text offset. Each step decodes only a short window, so this is linear.
+    """
+    texts: list[str] = []
+    prefix, read = 0, 0  # the window ids[prefix:read] is already emitted text, kept for context
+    for end in range(1, len(ids) + 1):
+        seen = tokenizer.decode(ids[prefix:read])
+        now = tokenizer.decode(ids[prefix:end])
+        if len(now) > len(seen) and not now.endswith("\ufffd") and now.startswith(seen):
+            texts.append(now[len(seen) :])
+            prefix, read = read, end
+        else:
+            texts.append("")
+    if read < len(ids):  # an incomplete character at the very end: emit what decoding gives
+        texts[-1] = tokenizer.decode(ids[prefix:])[len(tokenizer.decode(ids[prefix:read])) :]
+    return texts
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when available, else 'cpu'; anything else unchanged."""
     if device == "auto":
@@ -187,6 +215,12 @@ class HFBackend(Backend):
     name = "hf"
 
     def __init__(self, cfg: BackendConfig, model: Any = None, tokenizer: Any = None) -> None:
+        if cfg.seeds == "request":
+            raise ConfigError(
+                "backend.seeds: the hf backend seeds once per call (one generator for the batch); "
+                "use auto or none"
+            )
+        self.seeding = "none" if cfg.seeds == "none" else "call"
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(cfg.model)
@@ -224,8 +258,9 @@ class HFBackend(Backend):
         prompts = [self._encode(r) for r in requests]
         items = [(r, s) for r in range(len(requests)) for s in range(params.n)]
         order = length_order([len(prompts[r]) for r, _ in items])
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
+        seed = self._call_seed(requests, params)
+        if seed is not None:
+            torch.manual_seed(seed)
         samples: dict[tuple[int, int], Sample] = {}
         size = max(1, self.cfg.batch_size)
         for start in range(0, len(order), size):
@@ -241,6 +276,15 @@ class HFBackend(Backend):
             torch.cuda.empty_cache()
 
     # ----- internals -----
+
+    def _call_seed(self, requests: list[GenerationRequest], params: SamplingParams) -> int | None:
+        """The one torch seed of a call (see the module docstring); None: leave the generator as it is."""
+        if self.seeding == "none":
+            return None
+        own = [r.seed for r in requests]
+        if all(s is None for s in own):
+            return params.seed
+        return derive_seed(0 if params.seed is None else params.seed, *own)
 
     def _encode(self, request: GenerationRequest) -> list[int]:
         text = render_prompt(self.tokenizer, request)
@@ -305,9 +349,10 @@ class HFBackend(Backend):
         count, text, reason = self._finish(gen, params.stop)
         logprobs = None
         if lps is not None:
+            texts = token_texts(self.tokenizer, gen[:count])
             logprobs = [
                 TokenLogprob(
-                    token=self._piece(gen[t]),
+                    token=texts[t],
                     logprob=float(lps.chosen[row, t]),
                     top=self._top(lps.top_ids[row, t].tolist(), lps.top_values[row, t].tolist()),
                 )

@@ -22,9 +22,15 @@ messages without a prefill go to ``/v1/chat/completions``; messages with a prefi
 
 Servers differ, and the backend measures what they do instead of trusting them:
 
+- seeds: every request carries its own seed (``request_seeds`` in ``components.backends.base``), so two
+  requests with the same prompt never get the same samples; ``seeding`` is "request". With
+  ``cfg.seeds: none`` no seed is sent at all (``seeding`` "none"): for vLLM on CPU, whose engine dies on a
+  seeded request whose prompt is prefilled in chunks ("CPU Generator does not use offset"); unseeded
+  requests are still independent draws, so Maj@N stays diverse, only not reproducible.
 - ``n``: a server that returns fewer choices than asked (``transformers serve`` ignores ``n``) gets extra
-  single-sample requests until there are ``n``; sample ``i`` then uses seed ``seed + i`` so seeded samples
-  still differ. ``supports_n`` records what was seen (None until a request with n > 1).
+  single-sample requests until there are ``n``; sample ``i`` then uses seed ``seed + i`` (vLLM's own rule
+  for ``n`` > 1), so seeded samples still differ. ``supports_n`` records what was seen (None until a
+  request with n > 1).
 - ``logprobs``: a server that answers without them raises ``CapabilityError``; no fake numbers.
   ``supports_logprobs`` records what was seen.
 - stop strings: the text is also cut here, before the first stop string (``transformers serve`` leaves
@@ -57,10 +63,13 @@ from components.backends.base import (
     GenerationResult,
     Sample,
     SamplingParams,
+    Seeding,
     TokenLogprob,
     cut_at_stop,
     looks_like_path,
     render_prompt,
+    request_seeds,
+    sample_seed,
 )
 from components.platform.errors import ConfigError, GenPRMError
 
@@ -157,6 +166,7 @@ class OpenAIBackend(Backend):
                 "or backend.base_urls for several servers"
             )
         self.cfg = cfg
+        self.seeding: Seeding = "none" if cfg.seeds == "none" else "request"
         self.servers = ServerPool(urls, cfg.max_concurrency_per_server, cooldown_s=backoff_s)
         self.base_url = ", ".join(s.url for s in self.servers.servers)  # for messages
         self.backoff_s = backoff_s
@@ -175,8 +185,9 @@ class OpenAIBackend(Backend):
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
         """One result per request, in order; fills ``n`` with extra requests where the server ignores it."""
         bodies = [self._body(r, params) for r in requests]
+        seeds = request_seeds(requests, params) if self.seeding == "request" else [None] * len(requests)
         samples: list[list[Sample]] = [[] for _ in requests]
-        calls = [c for r in range(len(requests)) for c in self._first_calls(r, params)]
+        calls = [c for r in range(len(requests)) for c in self._first_calls(r, params, seeds[r])]
         while calls:
             answers = list(self.pool.map(lambda c: (c, self._run(c, bodies[c.request], params)), calls))
             calls = []
@@ -187,7 +198,7 @@ class OpenAIBackend(Backend):
                 if call.n > 1:
                     self.supports_n = len(got) >= call.n
             for r, have in enumerate(samples):
-                calls.extend(self._fill_calls(r, len(have), params))
+                calls.extend(self._fill_calls(r, len(have), params, seeds[r]))
         return [GenerationResult(s[: params.n]) for s in samples]
 
     def close(self) -> None:
@@ -197,15 +208,15 @@ class OpenAIBackend(Backend):
 
     # ----- planning -----
 
-    def _first_calls(self, request: int, params: SamplingParams) -> list[_Call]:
+    def _first_calls(self, request: int, params: SamplingParams, seed: int | None) -> list[_Call]:
         if params.n == 1 or self.supports_n is not False:
-            return [_Call(request, params.n, params.seed)]
-        return [_Call(request, 1, _seed(params.seed, i)) for i in range(params.n)]
+            return [_Call(request, params.n, seed)]
+        return [_Call(request, 1, sample_seed(seed, i)) for i in range(params.n)]
 
-    def _fill_calls(self, request: int, have: int, params: SamplingParams) -> list[_Call]:
+    def _fill_calls(self, request: int, have: int, params: SamplingParams, seed: int | None) -> list[_Call]:
         if have >= params.n:
             return []
-        return [_Call(request, 1, _seed(params.seed, i)) for i in range(have, params.n)]
+        return [_Call(request, 1, sample_seed(seed, i)) for i in range(have, params.n)]
 
     def _body(self, request: GenerationRequest, params: SamplingParams) -> tuple[str, dict[str, Any]]:
         """(endpoint, JSON body without n/seed) for one request."""
@@ -341,10 +352,6 @@ class OpenAIBackend(Backend):
         if self.tokenizer is not None:
             return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return int(usage.get("completion_tokens") or 0) // max(1, n_choices)
-
-
-def _seed(seed: int | None, i: int) -> int | None:
-    return None if seed is None else seed + i
 
 
 def _retry_after(resp: httpx.Response) -> float:

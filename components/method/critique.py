@@ -7,7 +7,20 @@ output are appended, and generation goes on, at most ``max_rounds`` executions p
 the turn; the next step's user turn follows.
 
 :func:`run_chains` advances many chains in lockstep, one batched ``Backend.generate`` call per round, and
-runs their code in a thread pool (the sandbox bounds how many snippets execute at once). The LLM teacher
+runs their code in a thread pool (the sandbox bounds how many snippets execute at once).
+
+Reading the verdict. The chain keeps apart the text the model generated and the text the loop wrote (code
+outputs, prefills), and reads the verdict only from the model's own words after the last code output, and
+its probability from the very piece that holds it (not from whichever piece came last). A turn that ends
+without a verdict (cut by ``max_tokens``, out of code rounds, or simply silent) gets one more round, as in
+the paper's code: the loop closes what is open (the code fence, ``</verify>``) and prefills
+``<output>\n**Judgement**: $\boxed``, so the model states a verdict and the reward is read from its
+top-k logprobs. Only a turn still without a verdict after that is a missing verdict (``verdict=None``).
+
+Seeds. Every chain has a seed (its own, else one derived from ``settings.seed`` and its position), and
+each of its generation rounds sends ``derive_seed(chain seed, round)`` as the request's own seed: the N
+chains of one solution in Maj@N start from the same prompt but never share a seed, on every backend (see
+``Backend.seeding`` in ``components/backends/base.py``). The LLM teacher
 (``components/method/teachers.py``) and the GenPRM scorer (``components/method/scorer.py``) are both built
 on it::
 
@@ -20,21 +33,23 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 from tqdm import tqdm
 
-from components.backends.base import Backend, GenerationRequest, Sample, SamplingParams
+from components.backends.base import Backend, GenerationRequest, Sample, SamplingParams, derive_seed
 from components.method.prompts import GENPRM_SYSTEM_PROMPT
 from components.method.rationale import (
     CODE_STOP,
+    VERDICT_PREFILL,
+    after_last_output,
     code_blocks,
     code_output_block,
     conversation,
     execution_text,
+    iter_verdicts,
     open_code,
-    parse_verdict,
     verdict_probability,
 )
 
@@ -42,6 +57,9 @@ if TYPE_CHECKING:
     from components.sandbox import Sandbox, Session
 
 log = logging.getLogger(__name__)
+
+RewardSource = Literal["logprobs", "verdict_text", "none"]
+VERDICT_MAX_TOKENS = 16  # the forced verdict round: "{Yes}$\n</output>" and a little slack
 
 
 @dataclass(frozen=True)
@@ -56,8 +74,9 @@ class CritiqueSettings:
     logprobs: int | None = None
     seed: int | None = None
     system: str = GENPRM_SYSTEM_PROMPT
+    force_verdict: bool = True
 
-    def sampling(self, seed: int | None) -> SamplingParams:
+    def sampling(self, seed: int | None = None) -> SamplingParams:
         return SamplingParams(
             n=1,
             temperature=self.temperature,
@@ -70,48 +89,83 @@ class CritiqueSettings:
             logprobs=self.logprobs,
         )
 
+    def verdict_sampling(self, seed: int | None = None) -> SamplingParams:
+        """The forced verdict round: a few tokens after the verdict prefill."""
+        return replace(self.sampling(seed), max_tokens=VERDICT_MAX_TOKENS, stop=["</output>"])
+
 
 @dataclass
 class TurnResult:
-    """One critiqued step: the assistant text, its verdict, the reward, and what ran."""
+    """One critiqued step: the assistant text, its verdict, the reward, and what ran.
+
+    ``reward_source``: "logprobs" (p(Yes) from the verdict token's top-k), "verdict_text" (1 / 0 from the
+    verdict, where the backend gave no logprobs) or "none" (no verdict: ``verdict`` and ``reward`` None).
+    ``forced``: the verdict came from the forced verdict round.
+    """
 
     text: str
     verdict: int | None
     rounds: int
     statuses: list[str]
     reward: float | None
-    reward_source: str
+    reward_source: RewardSource
     tokens: int
+    forced: bool = False
+
+
+@dataclass
+class _Piece:
+    """Text the model generated within the current turn: where it starts in ``Chain.text``, and the sample."""
+
+    start: int
+    sample: Sample
 
 
 @dataclass
 class Chain:
-    """One critique conversation over one solution; ``turns`` fills up as it advances."""
+    """One critique conversation over one solution; ``turns`` fills up as it advances.
+
+    ``seed``: the chain's own seed (None: ``run_chains`` derives one from ``settings.seed``).
+    """
 
     problem: str
     steps: list[str]
+    seed: int | None = None
     turns: list[TurnResult] = field(default_factory=list)
     text: str = ""
     rounds: int = 0
     statuses: list[str] = field(default_factory=list)
     tokens: int = 0
     session: Session | None = None
+    calls: int = 0
+    forcing: bool = False
+    pieces: list[_Piece] = field(default_factory=list)
+    output_end: int = 0  # where the text after the last executed code output starts
 
     @property
     def done(self) -> bool:
         return len(self.turns) >= len(self.steps)
 
     def request(self, system: str) -> GenerationRequest:
-        """The conversation so far with the open assistant turn as the prefill."""
+        """The conversation so far with the open assistant turn as the prefill, seeded for this round."""
         history = [turn.text for turn in self.turns]
         return GenerationRequest(
-            messages=conversation(self.problem, self.steps, history, system), prefill=self.text
+            messages=conversation(self.problem, self.steps, history, system),
+            prefill=self.text,
+            seed=derive_seed(self.seed, self.calls),
         )
 
     def advance(self, sample: Sample, settings: CritiqueSettings, sandbox: Sandbox | None) -> None:
         """Take one generated piece: run the code it opened, or close the turn."""
+        self.calls += 1
         self.tokens += sample.num_generated_tokens
+        self.pieces.append(_Piece(len(self.text), sample))
         self.text += sample.text
+        if self.forcing:
+            if "</output>" not in sample.text:
+                self.text += "</output>"
+            self._close_turn(forced=True)
+            return
         code = open_code(self.text) if settings.execute and sample.finish_reason == "stop" else None
         if code is not None and self.rounds < settings.max_rounds:
             self.rounds += 1
@@ -122,21 +176,58 @@ class Chain:
                 result = self.session.run(code)
                 self.statuses.append(result.status)
                 self.text += code_output_block(execution_text(result))
+                self.output_end = len(self.text)
             return
         if not settings.execute:
             self.rounds = len(code_blocks(self.text))
-        self._close_turn(sample)
+        if settings.force_verdict and self._verdict() is None:
+            self._open_verdict()
+            return
+        self._close_turn(forced=False)
 
-    def _close_turn(self, last: Sample) -> None:
-        verdict = parse_verdict(self.text)
-        reward = verdict_probability(last)
-        source = "logprobs" if reward is not None else "text"
-        if reward is None and verdict is not None:
-            reward = float(verdict)
+    def _open_verdict(self) -> None:
+        """Close what the turn left open and prefill the verdict (the next round writes it)."""
+        text = self.text
+        if open_code(text) is not None:
+            text += CODE_STOP  # never run: the code rounds are spent, or the round was cut inside it
+        for tag in ("analyze", "verify"):
+            if f"<{tag}>" in text and f"</{tag}>" not in text[text.rfind(f"<{tag}>") :]:
+                text += ("" if text.endswith("\n") else "\n") + f"</{tag}>\n"
+        if text and not text.endswith("\n"):
+            text += "\n"
+        self.text = text + VERDICT_PREFILL
+        self.forcing = True
+
+    def _verdict(self) -> tuple[int, _Piece] | None:
+        """The last verdict the model itself wrote after the last code output, and the piece holding it."""
+        # Executed: exactly where the last output ended. Not executed (the no-code ablation): after the
+        # model's own imagined last output block, as in a stored turn.
+        start = self.output_end if self.statuses else after_last_output(self.text)
+        found = None
+        for match in iter_verdicts(self.text, start):
+            piece = next(
+                (p for p in self.pieces if p.start <= match.start(1) < p.start + len(p.sample.text)), None
+            )
+            if piece is not None:
+                found = (1 if match.group(1) == "Yes" else 0, piece)
+        return found
+
+    def _close_turn(self, forced: bool) -> None:
+        found = self._verdict()
+        verdict: int | None = None
+        reward: float | None = None
+        source: RewardSource = "none"
+        if found is not None:
+            verdict, piece = found
+            reward = verdict_probability(piece.sample, self.text[: piece.start])
+            source = "logprobs" if reward is not None else "verdict_text"
+            if reward is None:
+                reward = float(verdict)
         self.turns.append(
-            TurnResult(self.text, verdict, self.rounds, self.statuses, reward, source, self.tokens)
+            TurnResult(self.text, verdict, self.rounds, self.statuses, reward, source, self.tokens, forced)
         )
         self.text, self.rounds, self.statuses, self.tokens = "", 0, [], 0
+        self.pieces, self.forcing, self.output_end = [], False, 0
         if self.done:
             self.close()
 
@@ -154,12 +245,17 @@ def run_chains(
     threads: int = 4,
     desc: str = "critique",
 ) -> None:
-    """Advance every chain to its end, one batched generation call per round.
+    """Advance every chain to its end, one batched generation call per round (two when some chains are
+    in their forced verdict round).
 
     Each chain holds a sandbox session from its first code block to its end, so chains run in groups of
     at most ``sandbox.config.max_sessions``: more would wait for a session that only a finished chain
-    frees, while every chain waits for the next generation round.
+    frees, while every chain waits for the next generation round. A chain without a seed gets
+    ``derive_seed(settings.seed, its index in chains)``.
     """
+    for index, chain in enumerate(chains):
+        if chain.seed is None:
+            chain.seed = derive_seed(settings.seed, index)
     total = sum(len(chain.steps) for chain in chains)
     group = sandbox.config.max_sessions if sandbox is not None else max(1, len(chains))
     rounds = 0
@@ -184,15 +280,20 @@ def _run_group(
     """Lockstep rounds over ``chains`` until all are done; returns the number of rounds."""
     round_ = 0
     while active := [chain for chain in chains if not chain.done]:
-        seed = None if settings.seed is None else settings.seed + round_
-        results = backend.generate([c.request(settings.system) for c in active], settings.sampling(seed))
+        seed = derive_seed(settings.seed, "round", round_)
         before = sum(len(c.turns) for c in active)
-        samples = [result.samples[0] for result in results]
-        list(
-            pool.map(
-                lambda pair: pair[0].advance(pair[1], settings, sandbox), zip(active, samples, strict=True)
+        for forcing in (False, True):
+            batch = [c for c in active if c.forcing == forcing]
+            if not batch:
+                continue
+            params = settings.verdict_sampling(seed) if forcing else settings.sampling(seed)
+            results = backend.generate([c.request(settings.system) for c in batch], params)
+            samples = [result.samples[0] for result in results]
+            list(
+                pool.map(
+                    lambda pair: pair[0].advance(pair[1], settings, sandbox), zip(batch, samples, strict=True)
+                )
             )
-        )
         bar.update(sum(len(c.turns) for c in active) - before)
         round_ += 1
     return round_

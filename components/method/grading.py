@@ -13,6 +13,7 @@ time bounds matter, grade in the main thread or in worker processes (whose main 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -215,3 +216,13 @@ def is_equivalent(gold: str, predicted: str | None) -> bool:
     if not gold_parsed or not pred_parsed:
         return False
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=limit))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def same_answer(first: str, other: str) -> bool:
+    """Whether two predicted answers are the same answer (math-verify, ``first`` in the gold role).
+
+    For grouping answers (Best-of-N votes): ``1/2``, ``0.5`` and ``\\frac{1}{2}`` are one answer. Cached,
+    since each vote compares the same few answers again for every N.
+    """
+    return is_equivalent(first, other)

@@ -47,7 +47,13 @@ OUTPUT_MARKER = "[Code Output]"
 VERIFY_INTRO = "Let's use python code to find any potential error:"
 MAX_OUTPUT_CHARS = 2000
 
-_VERDICT = re.compile(r"\\boxed\{\s*(Yes|No)\s*\}")
+# A verdict: \boxed{Yes} or \boxed{No}; a cut-off "\boxed{Yes" still counts, "\boxed{Not ...}" does not.
+_VERDICT = re.compile(r"\\boxed\{\s*(Yes|No)(?![A-Za-z])")
+_VERDICT_WORD = re.compile(r"\s*(Yes|No)(?![A-Za-z])")
+# What the paper's code prefills to read a verdict (genprm_inference.py); the model continues "{Yes}$".
+VERDICT_PREFILL = "<output>\n**Judgement**: $\\boxed"
+FENCE = "```"
+FENCE_ESCAPED = "` ` `"
 _CODE_BLOCK = re.compile(r"```python\n(.*?)\n```", re.DOTALL)
 
 
@@ -78,8 +84,12 @@ def verdict_text(correct: bool) -> str:
 
 
 def code_output_block(output: str) -> str:
-    """``[Code Output]`` and the fenced output, as appended after a code block ran."""
-    return f"{OUTPUT_MARKER}\n\n```\n{output.rstrip()}\n```\n"
+    """``[Code Output]`` and the fenced output, as appended after a code block ran.
+
+    A fence printed by the code is written ``` ` ` ` ```: it would end the block early, for the model and
+    for :func:`parse_verdict` alike, and let the code's output pass for the model's own words.
+    """
+    return f"{OUTPUT_MARKER}\n\n```\n{output.rstrip().replace(FENCE, FENCE_ESCAPED)}\n```\n"
 
 
 def execution_text(result: ExecutionResult) -> str:
@@ -111,14 +121,44 @@ def format_turn(paragraph: int, analysis: str, code_runs: list[tuple[str, str]],
     )
 
 
+def after_last_output(text: str) -> int:
+    """Where the text after the last ``[Code Output]`` block starts (0 when there is none).
+
+    The block is ``[Code Output]`` + blank line + a fenced output; the output holds no fence (see
+    :func:`code_output_block`), so the block ends at the first fence after its opening one.
+    """
+    start = text.rfind(OUTPUT_MARKER)
+    if start < 0:
+        return 0
+    opening = text.find(FENCE, start + len(OUTPUT_MARKER))
+    if opening < 0:
+        return len(text)
+    closing = text.find(FENCE, opening + len(FENCE))
+    return len(text) if closing < 0 else closing + len(FENCE)
+
+
+def iter_verdicts(text: str, start: int = 0) -> list[re.Match[str]]:
+    """Every ``\\boxed{Yes|No}`` of ``text`` from ``start`` on, in order; group 1 is the word."""
+    return list(_VERDICT.finditer(text, start))
+
+
+def find_verdict(text: str, start: int = 0) -> re.Match[str] | None:
+    """The last ``\\boxed{Yes|No}`` of ``text`` from ``start`` on; its group 1 is the word."""
+    found = iter_verdicts(text, start)
+    return found[-1] if found else None
+
+
 def parse_verdict(text: str) -> int | None:
-    """1 for Yes, 0 for No, from the last ``\\boxed{Yes|No}`` after the last code output; None if none."""
-    tail = text.rsplit(OUTPUT_MARKER, 1)[-1]
-    tail = tail.split("```", 2)[-1] if OUTPUT_MARKER in text else tail
-    found = _VERDICT.findall(tail)
-    if not found:
+    """1 for Yes, 0 for No, from the last ``\\boxed{Yes|No}`` after the last code output; None if none.
+
+    Text inside a code output block never counts: a snippet that prints a fence and ``\\boxed{Yes}``
+    does not judge the step. (The critique loop knows exactly which text the model wrote and reads the
+    verdict from that alone; this reads a stored turn.)
+    """
+    match = find_verdict(text, after_last_output(text))
+    if match is None:
         return None
-    return 1 if found[-1] == "Yes" else 0
+    return 1 if match.group(1) == "Yes" else 0
 
 
 def code_blocks(text: str) -> list[str]:
@@ -134,29 +174,52 @@ def open_code(text: str) -> str | None:
     return text[start + len(CODE_OPEN) :]
 
 
-def verdict_probability(sample: Sample) -> float | None:
+def verdict_probability(sample: Sample, context: str = "") -> float | None:
     """p(Yes) / (p(Yes) + p(No)) at the verdict token, from the sample's top-k logprobs; None if unknown.
 
-    The verdict token is the generated token that covers the first letter of the last ``\\boxed{Yes|No}``;
-    its alternatives are sorted into Yes and No by their text, which works whatever the tokenizer merged
-    (``Yes``, ``{Yes``, ``Yes}`` ...).
+    The verdict is the last ``\\boxed{Yes|No}`` whose word the sample generated; ``context`` is the text
+    just before the sample (a prefill ending in ``\\boxed``, say). It is found in the sample's token
+    texts themselves, not at an offset of ``sample.text``: a token holding part of a multi-byte character
+    decodes differently alone, which would shift every later offset.
+
+    The verdict token is the one covering the word's first letter. Its alternatives that continue the same
+    text (the token's characters before the letter, e.g. ``{``) with the word ``Yes`` or ``No`` followed by
+    no letter are summed: ``{No}``, `` No`` and ``No`` count as No, ``Not``, ``None`` and ``Now`` do not.
+    A side missing from the top-k gets the smallest top-k probability (the paper's code), so a confident
+    Yes is near 1, not exactly 1, when k > 1.
     """
     if not sample.logprobs:
         return None
-    matches = list(_VERDICT.finditer(sample.text))
-    if not matches:
+    tail = context[-32:]
+    joined = tail + "".join(token.token for token in sample.logprobs)
+    match = find_verdict(joined)
+    if match is None or match.start(1) < len(tail):
         return None
-    target = matches[-1].start(1)
+    target = match.start(1) - len(tail)
     offset = 0
     for token in sample.logprobs:
         end = offset + len(token.token)
         if offset <= target < end:
-            return _yes_share(token.top or {token.token: token.logprob})
+            return _yes_share(token.token[: target - offset], {**token.top, token.token: token.logprob})
         offset = end
     return None
 
 
-def _yes_share(top: dict[str, float]) -> float | None:
-    yes = sum(math.exp(lp) for tok, lp in top.items() if "Yes" in tok or tok.strip() in ("Y", "Ye"))
-    no = sum(math.exp(lp) for tok, lp in top.items() if "No" in tok or tok.strip() == "N")
-    return yes / (yes + no) if yes + no > 0 else None
+def verdict_word(text: str) -> str | None:
+    """``Yes`` or ``No`` when ``text`` starts (after spaces) with that word and no letter follows it."""
+    match = _VERDICT_WORD.match(text)
+    return match.group(1) if match else None
+
+
+def _yes_share(lead: str, top: dict[str, float]) -> float | None:
+    """The Yes share among the alternatives ``top`` of a verdict token; ``lead``: its text before the word."""
+    words = {tok: verdict_word(tok[len(lead) :]) if tok.startswith(lead) else None for tok in top}
+    yes = [lp for tok, lp in top.items() if words[tok] == "Yes"]
+    no = [lp for tok, lp in top.items() if words[tok] == "No"]
+    if not yes and not no:
+        return None
+    if len(top) > 1:  # the paper's floor for a side missing from the top-k
+        floor = min(top.values())
+        yes, no = yes or [floor], no or [floor]
+    p_yes, p_no = sum(math.exp(lp) for lp in yes), sum(math.exp(lp) for lp in no)
+    return p_yes / (p_yes + p_no)

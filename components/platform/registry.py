@@ -16,7 +16,13 @@ model dir
 3. **Decision** (tags ``genprm.decision`` = promoted | kept_champion | rejected, ``genprm.reason``,
    ``genprm.metric``, ``genprm.previous_champion``, the run id, git commit, fingerprints). The alias
    moves only when the metric beats the champion's (its version tag) by more than ``register.margin``,
-   or when there is no champion; below ``register.min_metric`` a version is rejected.
+   or when there is no champion; below ``register.min_metric`` a version is rejected, and so is a version
+   whose GenPRM left more than ``register.max_missing_verdict_rate`` percent of its ProcessBench turns
+   without a verdict (``verdicts.genprm.missing_rate`` in the metrics; a missing verdict scores as a
+   wrong step, and a model that fails to judge must not win on the steps it did judge). Neither
+   ``register.force`` overrides these. A champion whose rewards came from another source
+   (``verdicts.genprm.reward_source``: logprobs or verdict_text) is not comparable: kept, as for
+   another metric key.
 
 Concurrency: for sqlite and file stores the read-compare-set runs under a file lock next to the store
 (``<db>.register.lock``) and re-reads the champion after acquiring it, so two runs finishing together
@@ -44,6 +50,8 @@ from components.platform.config import option
 from components.platform.errors import ConfigError, DataError, GenPRMError
 
 FINGERPRINT_KEY = "model_fingerprint"
+MISSING_RATE_KEY = "verdicts.genprm.missing_rate"  # percent of the GenPRM's ProcessBench turns
+REWARD_SOURCE_KEY = "verdicts.genprm.reward_source"  # logprobs | verdict_text | mixed | none
 TAG = "genprm."
 DEFAULT_REQUIREMENTS = [
     "mlflow",
@@ -77,6 +85,11 @@ class RegisterConfig:
     min_metric: float | None = option(
         None, help="Versions below this are registered as rejected (null: none)."
     )
+    max_missing_verdict_rate: float | None = option(
+        5.0,
+        help="Versions whose GenPRM left more than this percent of its ProcessBench turns without a verdict "
+        "(metrics verdicts.genprm.missing_rate) are registered as rejected, forced or not (null: no check).",
+    )
     consistency: Literal["auto", "fingerprint", "dvc_lock", "mtime"] = option(
         "auto",
         help="How the metrics are tied to the model dir: auto tries fingerprint, dvc_lock, then mtime.",
@@ -93,6 +106,8 @@ class RegisterConfig:
             raise ConfigError("register.name/register.alias: must not be empty")
         if self.margin < 0:
             raise ConfigError(f"register.margin: must be >= 0, got {self.margin}")
+        if self.max_missing_verdict_rate is not None and not 0 <= self.max_missing_verdict_rate <= 100:
+            raise ConfigError("register.max_missing_verdict_rate: a percentage in [0, 100], or null")
         if self.samples < 1 or self.lock_timeout_s <= 0:
             raise ConfigError("register.samples/lock_timeout_s: need samples >= 1 and a positive timeout")
         if any(r.strip().lower().startswith("torchvision") for r in self.pip_requirements):
@@ -110,6 +125,8 @@ class Evidence:
     fingerprint: str
     metrics_md5: str
     method: str
+    missing_rate: float | None = None  # percent; None: not checked
+    reward_source: str | None = None
 
 
 def file_md5(path: Path) -> str:
@@ -177,6 +194,32 @@ def read_metrics(cfg: RegisterConfig) -> tuple[dict[str, Any], float]:
     return metrics, float(value)
 
 
+def verdict_evidence(cfg: RegisterConfig, metrics: dict[str, Any]) -> tuple[float | None, str | None]:
+    """(missing-verdict rate in percent, reward source) of the GenPRM's benchmark.
+
+    DataError when the rate is checked (``register.max_missing_verdict_rate``) but the metrics do not
+    report it: a benchmark that did not count its missing verdicts cannot show it judged the steps.
+    """
+    try:
+        rate = lookup(metrics, MISSING_RATE_KEY)
+    except KeyError:
+        rate = None
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate)
+    ):
+        raise DataError(f"{cfg.metrics_file}: {MISSING_RATE_KEY} is not a number: {rate!r}")
+    if rate is None and cfg.max_missing_verdict_rate is not None:
+        raise DataError(
+            f"{cfg.metrics_file}: {MISSING_RATE_KEY} (missing): the benchmark did not count missing "
+            "verdicts; rerun benchmark, or set register.max_missing_verdict_rate=null"
+        )
+    try:
+        source = lookup(metrics, REWARD_SOURCE_KEY)
+    except KeyError:
+        source = None
+    return (None if rate is None else float(rate)), (None if source is None else str(source))
+
+
 def check_model_dir(model_dir: Path) -> None:
     if not (model_dir / "config.json").is_file() or not any((model_dir / w).is_file() for w in WEIGHT_FILES):
         raise DataError(f"{model_dir}: no saved model (config.json and weights) (register.model_dir)")
@@ -230,7 +273,8 @@ def gather_evidence(cfg: RegisterConfig) -> Evidence:
     fingerprint = model_dir_fingerprint(model_dir)
     metrics_md5 = file_md5(Path(cfg.metrics_file))
     method = consistent(cfg, metrics, fingerprint, metrics_md5)
-    return Evidence(value, fingerprint, metrics_md5, method)
+    missing_rate, reward_source = verdict_evidence(cfg, metrics)
+    return Evidence(value, fingerprint, metrics_md5, method, missing_rate, reward_source)
 
 
 # ------------------------------------------------------------------------------------------- decision
@@ -241,12 +285,26 @@ class Champion:
     version: str
     metric: float | None
     metric_key: str | None
+    reward_source: str | None = None
 
 
-def decide(cfg: RegisterConfig, value: float, champion: Champion | None) -> tuple[str, str]:
-    """(decision, reason) for a new version with ``value`` against the current champion."""
+def decide(
+    cfg: RegisterConfig,
+    value: float,
+    champion: Champion | None,
+    missing_rate: float | None = None,
+    reward_source: str | None = None,
+) -> tuple[str, str]:
+    """(decision, reason) for a new version with ``value`` (and its GenPRM's missing-verdict rate in
+    percent and reward source) against the current champion."""
     if cfg.min_metric is not None and value < cfg.min_metric:
         return "rejected", f"{cfg.metric}={value:g} is below register.min_metric={cfg.min_metric:g}"
+    limit = cfg.max_missing_verdict_rate
+    if limit is not None and missing_rate is not None and missing_rate > limit:
+        return "rejected", (
+            f"{missing_rate:g}% of the GenPRM's turns have no verdict (scored as wrong steps), above "
+            f"register.max_missing_verdict_rate={limit:g}%"
+        )
     if cfg.force:
         return "promoted", "forced (register.force=true)"
     if champion is None:
@@ -255,6 +313,11 @@ def decide(cfg: RegisterConfig, value: float, champion: Champion | None) -> tupl
         return "kept_champion", (
             f"{cfg.alias} v{champion.version} was measured on {champion.metric_key!r}, not {cfg.metric!r}: "
             "not comparable (promote with register.force=true)"
+        )
+    if None not in (champion.reward_source, reward_source) and champion.reward_source != reward_source:
+        return "kept_champion", (
+            f"{cfg.alias} v{champion.version}'s rewards came from {champion.reward_source}, these from "
+            f"{reward_source}: not comparable (promote with register.force=true)"
         )
     if value > champion.metric + cfg.margin:
         return "promoted", (
@@ -284,7 +347,10 @@ def read_champion(client: Any, cfg: RegisterConfig) -> Champion | None:
         return None
     tags = version.tags or {}
     return Champion(
-        str(version.version), float_or_none(tags.get(TAG + "metric")), tags.get(TAG + "metric_key")
+        str(version.version),
+        float_or_none(tags.get(TAG + "metric")),
+        tags.get(TAG + "metric_key"),
+        tags.get(TAG + "reward_source"),
     )
 
 
@@ -368,10 +434,17 @@ def repair_alias(client: Any, cfg: RegisterConfig) -> str | None:
     return best
 
 
-def compare_and_set(client: Any, cfg: RegisterConfig, version: str, value: float) -> dict[str, Any]:
+def compare_and_set(
+    client: Any,
+    cfg: RegisterConfig,
+    version: str,
+    value: float,
+    missing_rate: float | None = None,
+    reward_source: str | None = None,
+) -> dict[str, Any]:
     """Decide against the champion read now, tag the version, move the alias if promoted, then verify."""
     champion = read_champion(client, cfg)
-    decision, reason = decide(cfg, value, champion)
+    decision, reason = decide(cfg, value, champion, missing_rate, reward_source)
     tags = {
         "decision": decision,
         "reason": reason,

@@ -133,6 +133,7 @@ def _record_row(tag: str, subset: str, record: Any, scored: Any) -> dict[str, An
         "label": record.label,
         "samples": scored.samples,
         "reward_sources": scored.sources,
+        "source_counts": scored.source_counts,
         "missing_verdicts": scored.missing_verdicts,
         "code_runs": scored.code_runs,
         "code_failures": scored.code_failures,
@@ -246,7 +247,7 @@ def candidate_table(scorer: Any, problems: list[Any], paths: list[list[Any]], ta
     return [
         [
             Candidate(
-                None if path.answer is None else path.answer.replace(" ", ""),
+                path.answer,
                 path.correct,
                 next(scored).rewards(),
             )
@@ -355,6 +356,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     bon = best_of_n(cfg)
     metrics = as_percent({"processbench": processbench, "best_of_n": bon})
     genprm = metrics["processbench"]["genprm"]
+    metrics["verdicts"] = as_percent(verdict_summary(rows))
     metrics["headline"] = {f"f1_maj@{n}": genprm[f"maj@{n}"]["mean_f1"] for n in cfg.samples}
     # Ties these metrics to the weights scored: `register` never promotes a model on another's numbers.
     metrics["model_fingerprint"] = fingerprint(model_fingerprint(cfg.genprm.model.model))

@@ -37,6 +37,10 @@ def provenance(evidence: Evidence, cfg: RegisterConfig, run_id: str) -> dict[str
         "consistency": evidence.method,
         "model_dir": cfg.model_dir,
     }
+    if evidence.missing_rate is not None:
+        tags["missing_verdict_rate"] = repr(evidence.missing_rate)
+    if evidence.reward_source is not None:
+        tags["reward_source"] = evidence.reward_source
     tags |= {k.removeprefix(TAG): v for k, v in project_tags(Path(".")).items()}
     return tags
 
@@ -67,7 +71,9 @@ def register(cfg: RegisterConfig, settings: dict[str, Any], uri: str) -> dict[st
         for key, text in provenance(evidence, cfg, run_id).items():
             client.set_model_version_tag(cfg.name, version, TAG + key, text)
         with store_lock(uri, cfg.lock_timeout_s):
-            outcome = compare_and_set(client, cfg, version, evidence.value)
+            outcome = compare_and_set(
+                client, cfg, version, evidence.value, evidence.missing_rate, evidence.reward_source
+            )
         client.set_tag(run_id, TAG + "registered", f"{cfg.name} v{version}: {outcome['decision']}")
     return {"version": int(version), "metric": evidence.value, "consistency": evidence.method, **outcome}
 
