@@ -199,6 +199,22 @@ def _teacher_row(subset: str, record: Any, critique: Any) -> dict[str, Any]:
     }
 
 
+def verdict_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per GenPRM system: turns critiqued, missing verdicts and their rate, turns per reward source.
+
+    ``register`` reads ``verdicts.genprm.missing_rate`` (percent) and ``verdicts.genprm.reward_source``.
+    """
+    from components.method.scorer import verdict_stats
+
+    systems = dict.fromkeys(r["system"] for r in rows if "source_counts" in r)
+    return {
+        system: verdict_stats(
+            [r["source_counts"] for r in rows if r["system"] == system and "source_counts" in r]
+        )
+        for system in systems
+    }
+
+
 # ------------------------------------------------------------------------------------------- Best-of-N
 
 
