@@ -4,8 +4,8 @@ As root, this re-runs ``tests/test_sandbox.py`` and ``tests/test_sandbox_view.py
 ``UID`` (nobody) with no groups and no capabilities, so the sandbox takes its non-root path (``unshare
 --user --map-root-user``, a user namespace per session). The interpreter may live where that uid cannot
 read (pyenv under /root, DESIGN.md §6): the child first gets a private mount namespace in which each
-private ancestor of the interpreter's paths is an empty read-only tmpfs with only those paths bound
-back. Run by hand: ``python tests/test_sandbox_unprivileged.py [pytest args]`` as root.
+private ancestor of the interpreter's paths and of the checkout is an empty read-only tmpfs with only
+those paths bound back. Run by hand: ``python tests/test_sandbox_unprivileged.py [pytest args]`` as root.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def expose(paths: list[str]) -> None:
 
 def main(args: list[str]) -> None:
     """Inside ``unshare --mount``: expose the interpreter, drop to ``UID``, exec pytest."""
-    expose(rootfs.interpreter_paths([]))
+    expose([*rootfs.interpreter_paths([]), str(REPO)])  # a CI clone may live under /root too
     home = tempfile.mkdtemp(prefix="genprm-unpriv-home-")
     os.chown(home, UID, UID)
     os.setgroups([])
