@@ -386,20 +386,26 @@ def test_prepare_reports_its_checks(repo_root: Path, tmp_path: Path, monkeypatch
 
 def test_rollout_merge_checks_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shard holding a test problem: the merge fails with the leak named and writes no table."""
-    from components.stages.rollout import main
+    from components.data.journal import ShardSpec
+    from components.data.records import Problem, problems_to_frame
+    from components.platform.params import load_params
+    from components.stages.rollout import main, sharded, stage_fingerprint
 
     monkeypatch.chdir(tmp_path)
     frame = rollouts_frame()
     pd.DataFrame([{"id": "t0", "problem": TEST_PROBLEM}]).to_parquet(tmp_path / "test.parquet")
-    (tmp_path / "shards").mkdir()
-    frame.iloc[:2].to_parquet(tmp_path / "shards" / "rollouts-0of2.parquet")
-    corrupt(frame.iloc[2:], 3, "problem", TEST_PROBLEM).to_parquet(
-        tmp_path / "shards" / "rollouts-1of2.parquet"
-    )
+    inputs = [Problem(f"p{i}", "t", problem(i), str(2 * i + 1)) for i in range(3)]
+    problems_to_frame(inputs).to_parquet(tmp_path / "train.parquet")
     params = (
-        "rollout:\n  shard: merge\n  threads: 0\n  output_dir: .\nquality:\n  test_sets: [test.parquet]\n"
+        "rollout:\n  shard: merge\n  threads: 0\n  output_dir: .\n  input: train.parquet\n"
+        "quality:\n  test_sets: [test.parquet]\n"
     )
     (tmp_path / "params.yaml").write_text(params)
+    cfg = load_params(Path("params.yaml"), [], ["rollout"])["rollout"]
+    fp = stage_fingerprint(cfg)
+    sharded(cfg).write_shard(ShardSpec(0, 2), fp, {"rollouts": frame.iloc[[0, 1, 4, 5]]}, ["p0", "p2"], {})
+    leaked = corrupt(frame.iloc[2:4], 3, "problem", TEST_PROBLEM)  # p1/1
+    sharded(cfg).write_shard(ShardSpec(1, 2), fp, {"rollouts": leaked}, ["p1"], {})
     with pytest.raises(DataError, match=r"expect_column_values_to_be_null\(column=test_problem\).*p1/1"):
         main(Path("params.yaml"), [])
     assert not (tmp_path / "rollouts.parquet").exists()

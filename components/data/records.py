@@ -47,6 +47,22 @@ ROLLOUT_COLUMNS = [
 ]
 """One row per sampled path of the rollout stage; ``pass_rate`` is the problem's MC_0."""
 
+# The label stage's tables: one row per labelled path (ProcessBench records add their true label).
+ROLLOUT_NEEDED = ("problem_id", "problem", "gold_answer", "path_id", "steps", "correct", "kept", "pass_rate")
+LABEL_COLUMNS = [
+    "path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "mc0", "k", "mc",
+    "rpe_labels", "hard_labels", "completions", "tokens_generated", "no_answer_count",
+]  # fmt: skip
+PROCESSBENCH_COLUMNS = [*LABEL_COLUMNS, "label"]
+
+# The synthesize stage's rationale table: one row per critiqued path.
+RATIONALE_NEEDED = ("path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels")
+RATIONALE_COLUMNS = [
+    "path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels",
+    "labels", "verdicts", "turns", "rounds", "code_runs", "code_errors", "code_timeouts", "parse_failed",
+    "kept", "teacher",
+]  # fmt: skip
+
 # Only blanks after the colon: a newline there may begin the next marker ("Step 2:\nStep 3: ...").
 STEP_MARKER = re.compile(r"(?:^|\n)\s*Step\s+(\d+)\s*:[ \t]*")
 BLANK_LINES = re.compile(r"\n[ \t]*\n\s*")

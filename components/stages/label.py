@@ -61,6 +61,7 @@ from components.data.journal import (
     shard,
 )
 from components.data.quality import QualityConfig, check
+from components.data.records import LABEL_COLUMNS, PROCESSBENCH_COLUMNS, ROLLOUT_NEEDED
 from components.data.shards import ShardedStage, run_fingerprint
 from components.method.metrics import first_error_from_labels, processbench_f1
 from components.method.montecarlo import Estimate, PathInput, Unit, estimate, hard_labels, rpe_labels
@@ -71,12 +72,6 @@ log = logging.getLogger(__name__)
 
 METRICS_PATH = Path("metrics/label.json")
 PLOT_PATH = Path("plots/label_epsilon.json")
-ROLLOUT_NEEDED = ("problem_id", "problem", "gold_answer", "path_id", "steps", "correct", "kept", "pass_rate")
-LABEL_COLUMNS = [
-    "path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "mc0", "k", "mc",
-    "rpe_labels", "hard_labels", "completions", "tokens_generated", "no_answer_count",
-]  # fmt: skip
-PROCESSBENCH_COLUMNS = [*LABEL_COLUMNS, "label"]
 TABLES = {"rollout": "labels", "processbench": "processbench_labels"}
 MC0Source = Literal["completer", "rollout"]
 

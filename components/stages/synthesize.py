@@ -26,6 +26,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from components.data.journal import Journal, file_sha256, fingerprint
+from components.data.records import RATIONALE_COLUMNS, RATIONALE_NEEDED
 from components.method.rationale import conversation, verdict_text
 from components.method.teachers import Critique, TeacherConfig
 from components.platform.config import option, section, to_dict
@@ -33,13 +34,6 @@ from components.platform.errors import ConfigError, DataError
 from components.sandbox import SandboxConfig
 
 log = logging.getLogger(__name__)
-
-NEEDED = ("path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels")
-RATIONALE_COLUMNS = [
-    "path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels",
-    "labels", "verdicts", "turns", "rounds", "code_runs", "code_errors", "code_timeouts", "parse_failed",
-    "kept", "teacher",
-]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ def load_paths(cfg: SynthesizeConfig) -> pd.DataFrame:
     from components.data.io import read_parquet
 
     frame = read_parquet(Path(cfg.input))
-    missing = [c for c in NEEDED if c not in frame.columns]
+    missing = [c for c in RATIONALE_NEEDED if c not in frame.columns]
     if missing:
         raise DataError(f"{cfg.input}: missing column(s) {', '.join(missing)}")
     for row, rec in enumerate(frame.itertuples(index=False)):
