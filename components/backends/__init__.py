@@ -2,6 +2,8 @@
 
 See ``components.backends.base`` for the interface and semantics; ``hf`` (transformers in-process),
 ``openai`` (any OpenAI-compatible server) and ``vllm`` (in-process, GPU image only) implement it.
+
+Imports only ``platform`` (config, errors); every stage and the method import it, it imports no stage.
 """
 
 from components.backends.base import (

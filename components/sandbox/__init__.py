@@ -33,6 +33,9 @@ caps the output it keeps, and after each snippet kills every other process of th
 or a kill ends the session process; the next ``run`` starts a fresh namespace (``restarted=True``).
 What a machine cannot provide beyond the required set is listed by
 ``Sandbox.capabilities()["not_enforced"]`` and logged.
+
+Imports only ``platform`` (config, errors) and the standard library: its fork server runs none of
+the project's other code.
 """
 
 from components.sandbox.config import ExecutionResult, SandboxConfig, Status
