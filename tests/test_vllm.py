@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from functools import cache
@@ -239,30 +240,12 @@ def test_served_maj_at_n_critiques_differ(served: str, vllm_model: Path) -> None
 # ----- the pipeline with every model behind vllm serve -----
 
 
-def served_overrides(url: str, model: Path) -> list[str]:
-    """Every model of rollout, label, synthesize and benchmark behind the server, as
-    infra/paper/params.yaml configures them (backend openai, the served name as model), on CPU without
-    seeds, and the paper's LLM teacher."""
-    roles = [
-        "rollout.policy",
-        "label.completer",
-        "synthesize.teacher.model",
-        "benchmark.genprm.model",
-        "benchmark.best_of_n.policy",
-    ]
-    out = []
-    for role in roles:
-        out += [f"{role}.backend=openai", f"{role}.model={model}", f"{role}.base_url={url}"]
-        out += [f"{role}.seeds=none", f"{role}.max_concurrency=8"]
-    out += [
-        "synthesize.teacher.kind=llm",
-        "synthesize.teacher.max_tokens=24",
-        "synthesize.teacher.max_rounds=1",
-        "benchmark.direct_model=null",  # one served model: the direct baseline would be another
-        "benchmark.teacher_ceiling=false",
-        "benchmark.genprm.logprobs=5",
-    ]
-    return out
+# Tiny settings for the served random model (besides conftest_project's tiny params).
+TINY_SERVED = [
+    "synthesize.teacher.max_tokens=24",
+    "synthesize.teacher.max_rounds=1",
+    "benchmark.genprm.logprobs=5",
+]
 
 
 def test_pipeline_with_every_model_behind_vllm_serve(
@@ -270,18 +253,16 @@ def test_pipeline_with_every_model_behind_vllm_serve(
 ) -> None:
     from conftest_project import copy_project, project_env, tiny_params
 
-    project = copy_project(
-        repo_root, tmp_path / "project", tiny_params(repo_root, served_overrides(served, vllm_model))
-    )
+    project = copy_project(repo_root, tmp_path / "project", tiny_params(repo_root, TINY_SERVED))
     env = {**project_env(project), **ENV}
-    for stage in ("prepare", "rollout", "label", "synthesize", "benchmark"):
-        # A random served teacher agrees with no RPE label: nothing is kept, and the hand-off checks of
-        # an empty SFT set would stop the stage; here the served path is under test, not the teacher.
-        extra = ["--set", "quality.enabled=false"] if stage == "synthesize" else []
-        proc = subprocess.run(
-            ["genprm", stage, *extra], cwd=project, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 0, f"genprm {stage}:\n{(proc.stdout + proc.stderr)[-4000:]}"
+    # scripts/served_pipeline.py puts every model behind the server, as infra/gpu_smoke.sh does on a GPU.
+    # A random served teacher agrees with no RPE label: nothing is kept, and the hand-off checks of an
+    # empty SFT set would stop synthesize; here the served path is under test, not the teacher.
+    command = [sys.executable, str(repo_root / "scripts" / "served_pipeline.py"), "--base-url", served]
+    command += ["--model", str(vllm_model), "--seeds", "none", "--no-quality", "synthesize"]
+    proc = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.stdout.count("served_pipeline: genprm") == 5
     metrics = json.loads((project / "metrics" / "benchmark.json").read_text())
     assert set(metrics["headline"]) == {"f1_maj@1", "f1_maj@2"}
     verdicts = metrics["verdicts"]["genprm"]
