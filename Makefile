@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup setup-run setup-test run test lint typecheck pytest lock
+.PHONY: setup setup-run setup-test vllm run test lint typecheck pytest lock
 
 # requirements/run.lock only: no dev tools, no system packages (tests/test_setup.py checks it)
 setup-run:
@@ -21,6 +21,10 @@ setup-test:
 	@bash scripts/setup.sh test
 
 setup: setup-test
+
+# .venv-vllm: vLLM on CPU in its own environment for tests/test_vllm.py (make run does not need it)
+vllm:
+	@bash scripts/setup_vllm.sh
 
 run: setup-run
 	@echo "run: dvc repro (offline small world; stages already up to date are skipped)"
@@ -38,7 +42,7 @@ typecheck:
 pytest:
 	python -m pytest
 
-test: setup-test lint typecheck pytest
+test: setup-test vllm lint typecheck pytest
 
 lock:
 	.venv/bin/python scripts/lock.py

@@ -159,6 +159,44 @@ def register(params: ParamsOption = Path("params.yaml"), set_: SetOption = None)
 
 
 @app.command()
+def refine(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    data: Annotated[
+        Path | None, typer.Option(help="A jsonl of {problem, answer, steps}: refine these solutions instead.")
+    ] = None,
+    critic: Annotated[
+        list[str] | None, typer.Option(help="With --data: a critic (repeatable; default genprm).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="With --data: write every turn's solutions here.")] = None,
+) -> None:
+    """The GenPRM as a critic: the policy refines its flagged solutions over turns (refine stage).
+
+    With --data, refine your own policy's solutions with any critic (genprm, self_refine, direct, none);
+    the models and sampling come from the refine section of params.yaml (--set refine.genprm.model.model=...).
+    """
+    if data is None:
+        run_entry("refine", params, set_)
+        return
+    configure_runtime()
+    from components.stages.refine import refine_file
+
+    try:
+        metrics = refine_file(params, set_ or [], data, critic or ["genprm"], out)
+    except GenPRMError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    for name, critics in metrics["accuracy"].items():
+        for who, turns in critics.items():
+            flags = metrics["flag_rate"][name][who]
+            typer.echo(
+                f"{name} {who}: "
+                + "  ".join(f"{t} {v:.1f}%" for t, v in turns.items())
+                + f"  (flagged {flags:.1f}%)"
+            )
+
+
+@app.command()
 def summary(
     root: Annotated[Path, typer.Option(help="The checkout whose metrics/ and reports are read.")] = Path("."),
 ) -> None:

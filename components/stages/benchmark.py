@@ -220,21 +220,11 @@ def verdict_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def bon_problem_sets(cfg: BestOfNConfig) -> dict[str, list[Any]]:
     """Held-out synthetic problems and the real files that exist, each cut to its configured size."""
-    from components.data.io import read_parquet
-    from components.data.records import problems_from_frame
-    from components.data.sources import FileSourceConfig, load_file_problems
+    from components.data.sources import problem_sets
 
-    sets: dict[str, list[Any]] = {}
-    if cfg.problems:
-        frame = read_parquet(Path(cfg.problems))
-        sets["synthetic"] = problems_from_frame(frame, cfg.problems)[: cfg.max_problems]
-    for file in cfg.files:
-        if not Path(file).is_file():
-            log.warning("benchmark: best-of-n file %s not found; skipped", file)
-            continue
-        problems = load_file_problems(FileSourceConfig(path=file), "benchmark.best_of_n.files")
-        sets[Path(file).stem] = problems[: cfg.file_max_problems]
-    return sets
+    return problem_sets(
+        cfg.problems, cfg.max_problems, cfg.files, cfg.file_max_problems, "benchmark.best_of_n"
+    )
 
 
 def sample_solutions(cfg: BestOfNConfig, problems: list[Any]) -> list[list[Any]]:
