@@ -181,15 +181,15 @@ def test_parser_joins_continuations_and_skips_comments() -> None:
     assert parsed == [("FROM", "a:1"), ("RUN", "x && y"), ("ENV", "A=1")]
 
 
-def test_cpu_image_installs_the_cpu_torch_of_setup_sh_before_the_project() -> None:
+def test_cpu_image_installs_the_cpu_torch_of_the_lock_before_the_project() -> None:
     steps = dockerfile("Dockerfile.cpu")
     assert steps[0] == ("FROM", "python:3.11-slim")
-    [torch_pin] = re.findall(r"torch==[\w.]+", (REPO / "scripts" / "setup.sh").read_text())
+    [torch_pin] = re.findall(r"^torch==[\w.]+$", (REPO / "requirements" / "run.lock").read_text(), re.M)
     torch_at = first_index(steps, re.escape(torch_pin))
     assert "download.pytorch.org/whl/cpu" in steps[torch_at][1]
-    assert (
-        torch_at < first_index(steps, r"pip install '\.\[serve\]'") < first_index(steps, "requirements-team")
-    )
+    lock_at = first_index(steps, r"pip install --no-deps -r requirements/run\.lock")
+    project_at = first_index(steps, r"pip install -c requirements/run\.lock '\.\[serve\]'")
+    assert torch_at < lock_at < project_at < first_index(steps, "requirements-team")
     assert "-c /tmp/resolved.txt" in steps[first_index(steps, "requirements-team")][1]
 
 
