@@ -64,9 +64,16 @@ def write_metrics(project: Path, f1: float, **extra: Any) -> Path:
 def make_project(project: Path, f1: float, seed: int = 0, register: dict[str, Any] | None = None) -> Path:
     """A project dir with a tiny model at models/genprm, its metrics, a params.yaml and dvc.yaml."""
     project.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "dvc.yaml", project / "dvc.yaml")  # the stage's tracking reads its outputs there
+    # A DVC project with the shipped dvc.yaml: the stage's tracking reads its outputs through DVC's API,
+    # which resolves every ${...} of dvc.yaml from params.yaml (the shipped sections, tiny benchmark).
+    shutil.copy2(REPO / "dvc.yaml", project / "dvc.yaml")
+    if not (project / ".dvc").is_dir():
+        dvc = str(Path(sys.executable).parent / "dvc")
+        subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=project, check=True)
     build_tiny_model(project / "models" / "genprm", seed=seed)
-    params = {"benchmark": TINY_BENCHMARK, "register": register or {}}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["benchmark"] = {**params["benchmark"], **TINY_BENCHMARK}
+    params["register"] = {**params["register"], **(register or {})}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     write_metrics(project, f1)
     return project
@@ -202,7 +209,8 @@ def test_a_recorded_fingerprint_must_be_this_models(project: Path) -> None:
 def test_dvc_lock_md5s_are_dvcs_own(project: Path) -> None:
     """dvc_dir_md5 agrees with DVC itself, and a lock entry for other model files is refused."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    (project / "dvc.yaml").unlink()  # its ${...} paths need the full params.yaml; `dvc add` parses it
+    (project / "dvc.yaml").unlink()  # `dvc add` of a stage's out would be refused
+    shutil.rmtree(project / ".dvc")  # made without git by make_project: this test wants DVC with git
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "add", "-q", "models/genprm"]):
         subprocess.run(
             [Path(sys.executable).parent / cmd[0] if cmd[0] == "dvc" else cmd[0], *cmd[1:]],
