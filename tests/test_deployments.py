@@ -113,10 +113,21 @@ def test_serve_deploys_and_runs_on_demand(
         assert found["on-demand"]["schedules"] == []
         pool = api.get("/work_pools/genprm-process").json()
         assert pool["type"] == "process" and pool["concurrency_limit"] == 1
-        run = api.post(
-            f"/deployments/{found['on-demand']['id']}/create_flow_run",
-            json={"parameters": {"stages": ["prepare"]}},
-        ).json()
+
+        def created() -> dict[str, Any] | None:
+            # `flows.serve` may still be applying its deployments (an upsert): look the deployment up
+            # again and retry until the server accepts the run (it answers without an id meanwhile).
+            current = deployments()
+            if current is None:
+                return None
+            response = api.post(
+                f"/deployments/{current['on-demand']['id']}/create_flow_run",
+                json={"parameters": {"stages": ["prepare"]}},
+            )
+            body = response.json() if response.status_code < 300 else {}
+            return body if "id" in body else None
+
+        run = _wait("a flow run of on-demand", created, 120, [serve])
 
         def final_state() -> str | None:
             state = api.get(f"/flow_runs/{run['id']}").json()["state"]["type"]
