@@ -39,7 +39,7 @@ BENCHMARK = {
     "seconds": 1980.0,
     "processbench": {
         "genprm": {
-            "maj@1": pb(26.4, 18.4, 47.1, mean_f1_ci95=[17.9, 34.8]),
+            "maj@1": pb(26.4, 18.4, 47.1),
             "maj@2": pb(29.1, 21.0, 47.5),
             "maj@4": pb(22.3, 15.0, 43.0),
             "maj@8": pb(30.4, 22.0, 49.0),
@@ -52,6 +52,16 @@ BENCHMARK = {
         "genprm": {"turns": 2900, "missing": 780, "missing_rate": 26.9, "reward_source": "logprobs"},
         "genprm_no_code": {"turns": 420, "missing": 21, "missing_rate": 5.0, "reward_source": "logprobs"},
         "direct": {"turns": 420, "missing": 0, "missing_rate": 0.0, "reward_source": "logprobs"},
+    },
+    "intervals": {
+        "processbench": {
+            "f1": {"genprm": {"maj@1": {"lo": 17.9, "hi": 34.8}}},
+            "contrasts": {
+                "genprm_maj@8_minus_maj@1": {"value": 4.0, "lo": -2.1, "hi": 10.3},
+                "genprm_code_on_minus_off": {"value": 15.1, "lo": 6.0, "hi": 24.2},
+            },
+        },
+        "best_of_n": {"synthetic": {"minus_majority": {"prm_last": {"value": -4.2, "lo": -12.5, "hi": 4.2}}}},
     },
     "best_of_n": {
         "synthetic": bon(
@@ -131,7 +141,9 @@ def test_a_full_run_reads_as_a_short_summary(tmp_path: Path) -> None:
         "    genprm: Pass@1 [17.9, 34.8]",
         "  genprm rewards read from: logprobs",
         "  synthetic (48, N=8)          64.6     62.5     62.5     64.6     68.8     79.2     59.4"
-        "  prm_last -4.2",
+        "  prm_last -4.2 [-12.5, 4.2]",
+        "    Maj@8 - Pass@1                 +4.0  [-2.1, 10.3]",
+        "    code on - off (Pass@1)        +15.1  [6.0, 24.2]",
         "Label F1 vs true first errors (100 ProcessBench paths): RPE (epsilon 0.8) 68.6, hard-MC 75.7",
         "Synthesize: kept 112 of 300 paths (37.3%): the consensus filter against rpe_labels",
         "  synthetic (48 problems), genprm       50.0 -> 54.2 -> 56.2 -> 56.2"
@@ -180,6 +192,7 @@ def test_nothing_run_yet(tmp_path: Path) -> None:
 
 def test_the_layouts_the_stage_code_writes(tmp_path: Path) -> None:
     from components.data.records import ProcessBenchRecord
+    from components.method.intervals import benchmark_intervals
     from components.method.processbench import as_percent, evaluate
     from components.stages.label import quality
     from components.stages.synthesize import summarize
@@ -190,6 +203,9 @@ def test_the_layouts_the_stage_code_writes(tmp_path: Path) -> None:
     ]
     scores = evaluate({"processbench": records}, {"w": -1, "x": 0, "y": 0, "z": -1})  # F1 = 50%
     bench = as_percent({"processbench": {"genprm": {"maj@1": scores}}, "best_of_n": {}})
+    predictions = {"genprm": {"maj@1": {"w": -1, "x": 0, "y": 0, "z": -1}}}
+    golds = [("processbench", r.id, r.label) for r in records]
+    bench["intervals"] = benchmark_intervals(golds, predictions, {}, rounds=200)
     frame = pd.DataFrame(
         {
             "label": [-1, 0],
@@ -218,6 +234,7 @@ def test_the_layouts_the_stage_code_writes(tmp_path: Path) -> None:
     text = summary_of(write_run(tmp_path, {"benchmark": bench, "label": label, "synthesize": synth}))
     assert "unexpected layout" not in text, text
     assert "  genprm                  50.0     50.0     50.0        -" in text
+    assert "    genprm: Pass@1 [" in text  # the interval the stage code writes is read back
     assert "RPE (epsilon 0.8) 100.0, hard-MC 0.0" in text
     assert "Synthesize: kept 1 of 2 paths (50.0%)" in text
 

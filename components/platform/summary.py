@@ -73,13 +73,34 @@ def _n_label(n: int) -> str:
     return "Pass@1" if n == 1 else f"Maj@{n}"
 
 
-def _interval(scores: Metrics) -> list[float] | None:
-    """A confidence interval stored beside ``mean_f1`` (any ``*ci*`` key holding two numbers)."""
-    for key, value in scores.items():
-        pair = isinstance(value, list) and len(value) == 2
-        if "ci" in key and pair and all(isinstance(v, int | float) for v in value):
-            return [float(v) for v in value]
+def _interval(bench: Metrics, system: str, n: int) -> list[float] | None:
+    """The 95% interval of a system's mean F1 at Maj@n (``intervals.processbench.f1``), if any."""
+    found = bench.get("intervals", {}).get("processbench", {}).get("f1", {}).get(system, {}).get(f"maj@{n}")
+    if isinstance(found, dict) and all(isinstance(found.get(k), int | float) for k in ("lo", "hi")):
+        return [float(found["lo"]), float(found["hi"])]
     return None
+
+
+CONTRAST_NAMES = {
+    "genprm_code_on_minus_off": "code on - off (Pass@1)",
+    "genprm_minus_direct": "genprm - direct (Pass@1)",
+    "teacher_minus_genprm": "teacher - genprm (Pass@1)",
+}
+
+
+def contrast_lines(bench: Metrics) -> list[str]:
+    """The paired differences the paper's claims rest on, with their 95% intervals."""
+    contrasts = bench.get("intervals", {}).get("processbench", {}).get("contrasts", {})
+    lines = []
+    for name, c in contrasts.items():
+        if not isinstance(c, dict):
+            continue
+        label = CONTRAST_NAMES.get(name) or name.removeprefix("genprm_").replace("_minus_", " - ")
+        label = label.replace("maj@1", "Pass@1").replace("maj@", "Maj@")
+        lines.append(
+            f"    {label:<28}{num(c.get('value'), signed=True):>7}  [{num(c.get('lo'))}, {num(c.get('hi'))}]"
+        )
+    return ["  differences on the same records (paired bootstrap, 95%):", *lines] if lines else []
 
 
 def _mean(values: list[Any]) -> float | None:
@@ -113,14 +134,17 @@ def processbench_lines(bench: Metrics) -> list[str]:
         row += f"{num(_mean([a.get('acc_error') for a in accs])):>9}"
         row += f"{num(_mean([a.get('acc_correct') for a in accs])):>9}{num(missing[s]):>9}"
         lines.append(row)
-        found = [(n, _interval(pb[s].get(f"maj@{n}", {}))) for n in ns]
+        found = [(n, _interval(bench, s, n)) for n in ns]
         shown = [f"{_n_label(n)} [{num(ci[0])}, {num(ci[1])}]" for n, ci in found if ci]
         if shown:
             intervals.append(f"    {s}: " + "  ".join(shown))
     lines.append("  err acc / corr acc: Pass@1 accuracy on the records with / without an error;")
-    lines.append("  missing: % of judged steps without a verdict (each scored 0.5)")
+    lines.append(
+        "  missing: % of judged steps without a verdict (scored benchmark.genprm.missing_verdict_reward)"
+    )
     if intervals:
-        lines += ["  confidence intervals of the mean F1:", *intervals]
+        lines += ["  95% bootstrap intervals of the mean F1:", *intervals]
+    lines += contrast_lines(bench)
     if len(subsets) > 1:
         for name in subsets:
             scores = [pb[s].get("maj@1", {}).get("subsets", {}).get(name, {}) for s in systems]
@@ -133,7 +157,8 @@ def processbench_lines(bench: Metrics) -> list[str]:
 
 
 def best_of_n_lines(bench: Metrics) -> list[str]:
-    """Best-of-N accuracy at the largest N of each problem set; the best PRM selector vs majority."""
+    """Best-of-N accuracy at the largest N of each problem set; the best PRM selector vs majority (with
+    the paired 95% interval of the difference where the metrics have it)."""
     sets: Metrics = bench["best_of_n"]
     columns = [*PRM_SELECTORS, *REFERENCE_SELECTORS]
     header = f"  {'set (problems, N)':<24}" + "".join(f"{SELECTOR_NAMES.get(c, c):>9}" for c in columns)
@@ -153,6 +178,9 @@ def best_of_n_lines(bench: Metrics) -> list[str]:
         if prm and isinstance(majority, int | float):
             value, best = max(prm, key=lambda item: item[0])  # ties: the first in PRM_SELECTORS
             row += f"  {best} {num(value - majority, signed=True)}"
+            ci = bench.get("intervals", {}).get("best_of_n", {}).get(name, {}).get("minus_majority", {})
+            if isinstance(ci.get(best), dict):
+                row += f" [{num(ci[best].get('lo'))}, {num(ci[best].get('hi'))}]"
         lines.append(row)
     return lines
 

@@ -87,6 +87,9 @@ class BenchmarkConfig:
     )
     processbench: ProcessBenchSetConfig = section(ProcessBenchSetConfig, help="ProcessBench subsets.")
     best_of_n: BestOfNConfig = section(BestOfNConfig, help="Best-of-N selection.")
+    bootstrap_rounds: int = option(
+        1000, help="Resamples of the 95% bootstrap intervals of every F1, accuracy and contrast."
+    )
     threads: int = option(1, help="torch CPU threads for in-process generation (0: torch's default).")
     output_dir: str = option("data/benchmark", help="Per-record tables and figures.")
 
@@ -117,8 +120,9 @@ def score_processbench(
                 preds = predictions_from_rewards(records, [s.rewards(n) for s in scored])
                 results.setdefault(f"maj@{n}", {})[name] = preds
             rows += [_record_row(tag, name, r, s) for r, s in zip(records, scored, strict=True)]
-    metrics = {key: evaluate(subsets, _merge(preds)) for key, preds in results.items()}
-    return metrics, rows
+    merged = {key: _merge(preds) for key, preds in results.items()}
+    metrics = {key: evaluate(subsets, preds) for key, preds in merged.items()}
+    return metrics | {"predictions": merged}, rows
 
 
 def _merge(per_subset: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -178,7 +182,8 @@ def score_teacher(
             rows += [_teacher_row(name, r, c) for r, c in zip(records, critiques, strict=True)]
     steps = sum(len(r["samples"][0]) for r in rows)
     missing = sum(r["missing_verdicts"] for r in rows)
-    return {"maj@1": evaluate(subsets, predictions), "missing_verdict_rate": missing / max(1, steps)}, rows
+    scores = {"maj@1": evaluate(subsets, predictions), "missing_verdict_rate": missing / max(1, steps)}
+    return scores | {"predictions": {"maj@1": predictions}}, rows
 
 
 def _teacher_row(subset: str, record: Any, critique: Any) -> dict[str, Any]:
@@ -263,26 +268,54 @@ def candidate_table(scorer: Any, problems: list[Any], paths: list[list[Any]], ta
     ]
 
 
-def best_of_n(cfg: BenchmarkConfig) -> dict[str, Any]:
-    """Accuracy vs N for every selector on every problem set."""
-    from components.method.bestofn import SELECTORS, accuracy
+def best_of_n(cfg: BenchmarkConfig, per_problem: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """Accuracy vs N for every selector on every problem set; fills ``per_problem`` with each
+    selector's per-problem score at the largest N (for the confidence intervals)."""
+    from components.method.bestofn import SELECTORS, accuracy, select
     from components.method.scorer import GenPRMScorer
 
     sets = bon_problem_sets(cfg.best_of_n)
     sampled = {name: sample_solutions(cfg.best_of_n, problems) for name, problems in sets.items()}
     results: dict[str, Any] = {}
+    largest = max(cfg.best_of_n.n_values)
+    vote = cfg.best_of_n.vote_score
     with GenPRMScorer(cfg.genprm) as scorer:
         for name, problems in sets.items():
             table = candidate_table(scorer, problems, sampled[name], name)
-            vote = cfg.best_of_n.vote_score
             results[name] = {
                 sel: {str(n): accuracy(table, sel, n, vote) for n in cfg.best_of_n.n_values}
                 for sel in SELECTORS
             } | {"problems": len(problems)}
+            per_problem[name] = {
+                sel: [select(row[:largest], sel, vote) for row in table] for sel in SELECTORS
+            }
     return results
 
 
 # ----------------------------------------------------------------------------------------------- outputs
+
+
+def strip_predictions(processbench: dict[str, Any]) -> dict[str, Any]:
+    """The systems' scores without their per-record predictions (those stay out of the metrics)."""
+    return {
+        name: {k: v for k, v in scores.items() if k != "predictions"} for name, scores in processbench.items()
+    }
+
+
+def benchmark_intervals(
+    cfg: BenchmarkConfig, processbench: dict[str, Any], per_problem: dict[str, dict[str, list[float]]]
+) -> dict[str, Any]:
+    """95% bootstrap intervals of every F1, contrast and Best-of-N accuracy (method/intervals.py)."""
+    from components.method import intervals
+    from components.method.processbench import load_subset
+
+    records = [
+        (Path(f).stem, r.id, r.label)
+        for f in cfg.processbench.files
+        for r in load_subset(Path(f), cfg.processbench.max_records)
+    ]
+    predictions = {name: scores["predictions"] for name, scores in processbench.items()}
+    return intervals.benchmark_intervals(records, predictions, per_problem, cfg.bootstrap_rounds)
 
 
 def f1_plot_rows(processbench: dict[str, Any]) -> list[dict[str, Any]]:
@@ -312,27 +345,12 @@ def bon_plot_rows(bon: dict[str, Any]) -> list[dict[str, Any]]:
 
 def save_figures(out: Path, f1_rows: list[dict[str, Any]], bon_rows: list[dict[str, Any]]) -> list[Path]:
     """PNG figures of both curves (logged to MLflow as images)."""
-    import matplotlib
+    from components.platform.figures import line_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for name, rows, ylabel in (
-        ("f1_vs_n", f1_rows, "ProcessBench mean F1 (%)"),
-        ("bon_accuracy", bon_rows, "accuracy (%)"),
-    ):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in [k for k in (rows[0] if rows else {}) if k != "n"]:
-            points = [(r["n"], r[key]) for r in rows if r.get(key) is not None]
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
-        ax.set(xlabel="N", ylabel=ylabel, xscale="log", title=name.replace("_", " "))
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=100)
-        plt.close(fig)
-        paths.append(out / f"{name}.png")
-    return paths
+    return [
+        line_figure(out / "f1_vs_n.png", f1_rows, "n", "ProcessBench mean F1 (%)", "f1 vs n", log_x=True),
+        line_figure(out / "bon_accuracy.png", bon_rows, "n", "accuracy (%)", "bon accuracy", log_x=True),
+    ]
 
 
 def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
@@ -359,8 +377,10 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
         teacher_cfg = load_value(params_path, overrides, "synthesize.teacher", TeacherConfig)
         processbench["teacher"], teacher_rows = score_teacher(cfg, teacher_cfg)
         rows += teacher_rows
-    bon = best_of_n(cfg)
-    metrics = as_percent({"processbench": processbench, "best_of_n": bon})
+    per_problem: dict[str, dict[str, list[float]]] = {}
+    bon = best_of_n(cfg, per_problem)
+    metrics = as_percent({"processbench": strip_predictions(processbench), "best_of_n": bon})
+    metrics["intervals"] = benchmark_intervals(cfg, processbench, per_problem)
     genprm = metrics["processbench"]["genprm"]
     metrics["verdicts"] = as_percent(verdict_summary(rows))
     metrics["headline"] = {f"f1_maj@{n}": genprm[f"maj@{n}"]["mean_f1"] for n in cfg.samples}

@@ -194,19 +194,9 @@ def plot_rows(metrics: dict[str, Any], turns: int) -> list[dict[str, Any]]:
 
 def save_figure(rows: list[dict[str, Any]], path: Path) -> None:
     """A PNG of accuracy against turn per critic (logged to MLflow with the stage's reports)."""
-    import matplotlib
+    from components.platform.figures import line_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for critic in [k for k in (rows[0] if rows else {}) if k != "turn"]:
-        ax.plot([r["turn"] for r in rows], [r[critic] for r in rows], marker="o", label=critic)
-    ax.set(xlabel="turn", ylabel="accuracy (%)", title="refine: accuracy vs turn")
-    ax.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    line_figure(path, rows, "turn", "accuracy (%)", "refine: accuracy vs turn")
 
 
 def write_outputs(cfg: RefineConfig, rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
