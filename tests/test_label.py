@@ -282,6 +282,103 @@ def test_waves_stop_after_mc_zero_on_a_real_backend(tiny_backend: Backend) -> No
     assert counting.calls == [["Step 1: "], [prefix_text(["s1"], 1)]]
 
 
+# ------------------------------------------------------------------------- sequential and binary search
+
+
+def test_clopper_pearson_bounds() -> None:
+    from components.method.sequential import clopper_pearson
+
+    assert clopper_pearson(0, 10, 0.05) == (0.0, pytest.approx(1 - 0.025 ** (1 / 10), abs=1e-9))
+    assert clopper_pearson(10, 10, 0.05) == (pytest.approx(0.025 ** (1 / 10), abs=1e-9), 1.0)
+    lo, hi = clopper_pearson(5, 10, 0.05)  # the textbook interval of 5/10
+    assert (round(lo, 4), round(hi, 4)) == (0.1871, 0.8129)
+    assert clopper_pearson(0, 0, 0.05) == (0.0, 1.0)
+
+
+def test_sequential_stops_when_decided_never_past_k() -> None:
+    """Step 1 always hits: decided 1 (vs an exact MC_0 of 1) after 3 chunks, not K = 32; step 2 never
+    hits: its hard label needs K misses, as in fixed K; step 2 opens as soon as step 1 has a hit."""
+    from components.method.sequential import estimate_sequential
+
+    steps = ["a", "b", "c"]
+    backend = ScriptedBackend({prefix_text(steps, 1): 4})
+    cfg = LabelConfig(sampling="sequential", k_high=32, chunk=4, delta=0.05, epsilon=0.5, seed=3)
+    unit = Unit("rollout", "p", "Q?", GOLD, 1.0, [PathInput("p/0", steps, False)])
+    est = estimate_sequential(backend, cfg, unit)
+    assert (est.k, est.mc) == (32, [[1.0, 0.0, 0.0]])
+    one, two = prefix_text(steps, 1), prefix_text(steps, 2)
+    # 12 hits of 12: lower bound (0.003125 / 2) ** (1 / 12) = 0.58 >= 0.5 * 1 (9.3 samples would not do)
+    assert [prefills for prefills, _, _ in backend.calls] == [[one], [one, two], [one, two]] + [[two]] * 6
+    assert {n for _, n, _ in backend.calls} == {4}
+    assert [seed for _, _, seed in backend.calls] == [
+        unit_seed(3, "rollout:p", "sequential", r) for r in range(1, 10)
+    ]
+    assert est.spend[0].completions == 12 + 32
+    assert rpe_labels(est.mc0, est.mc[0], 0.5) == [1, 0, 0]
+    fixed = estimate(ScriptedBackend({one: 32}), cfg, unit)
+    assert fixed.mc == est.mc and fixed.spend[0].completions == 64
+
+
+def test_sequential_counts_the_uncertainty_of_the_previous_mc() -> None:
+    """The same hits against an MC_0 from 16 completions (not exact) leave step 1 undecided up to K."""
+    from components.method.sequential import estimate_sequential
+
+    steps = ["a", "b"]
+    backend = ScriptedBackend({"Step 1: ": 8, prefix_text(steps, 1): 4})
+    cfg = LabelConfig(sampling="sequential", k_mid=16, chunk=4, epsilon=0.8, mc0_samples=16)
+    unit = Unit("processbench", "r", "Q?", GOLD, None, [PathInput("r", steps, True, -1)])
+    est = estimate_sequential(backend, cfg, unit)
+    assert (est.mc0, est.k, est.mc) == (0.5, 16, [[1.0, 1.0]])
+    # 16/16 against 8/16: lower bound 0.83 vs 0.8 * upper 0.82 of MC_0 at alpha 0.05 / 8: decided at K
+    assert est.spend[0].completions == 16 + 16
+
+
+def test_sequential_equals_fixed_on_the_tiny_model(tiny_backend: Backend) -> None:
+    """MC values of 0 and 1 only: both modes give the same values; the sequential one never samples more."""
+    from components.method.sequential import estimate_sequential
+
+    cfg = LabelConfig(k_high=16, max_tokens=12, sampling="sequential", chunk=4, epsilon=0.5)
+    unit = Unit("rollout", "p", "What is it?", GOLD, 1.0, _paths_for_tiny_model())
+    fixed, sequential = estimate(tiny_backend, cfg, unit), estimate_sequential(tiny_backend, cfg, unit)
+    assert sequential.mc == fixed.mc == [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    completions = [sum(s.completions for s in e.spend) for e in (fixed, sequential)]
+    # MC_0 = 1 exact, alpha 0.05 / 8: 12 hits of 12 decide a step (lower bound 0.62 >= 0.5), 8 do not
+    # (0.49); the prefix of b never hits: 16 misses, as in fixed K
+    assert completions == [16 * 5, 12 * 4 + 16]
+
+
+def test_binary_search_finds_the_first_error() -> None:
+    from components.method.binarysearch import binary_search
+
+    wrong, right = ["a", "b", "c", "d", "e"], ["a", "b", "x"]
+    hits = {prefix_text(wrong, 1): 4, prefix_text(wrong, 2): 4, prefix_text(right, 2): 4}
+    backend = ScriptedBackend(hits)
+    cfg = LabelConfig(k_mid=8, chunk=4)
+    unit = Unit("rollout", "p", "Q?", GOLD, 0.5, [PathInput("w", wrong, False), PathInput("r", right, True)])
+    result = binary_search(backend, cfg, unit)
+    assert result.first_errors == [2, -1]
+    assert result.labels == [[1, 1, 0, 0, 0], [1, 1, 1]]
+    # w probes step 3 (8 misses), then step 2, which r (same first two steps) probed already: a hit;
+    # r probes step 2 (a hit), then knows step 3 (its own answer). The shared probe is charged to w.
+    assert [prefills for prefills, _, _ in backend.calls] == [
+        [prefix_text(wrong, 3), prefix_text(right, 2)],
+        [prefix_text(wrong, 3)],
+    ]
+    assert [s.completions for s in result.spend] == [12, 0]
+
+
+def test_sampling_config_is_checked() -> None:
+    with pytest.raises(ConfigError, match=r"label\.chunk: 3 must divide"):
+        LabelConfig(sampling="sequential", chunk=3)
+    assert LabelConfig(sampling="fixed", chunk=3).chunk == 3
+    with pytest.raises(ConfigError, match=r"label\.delta"):
+        LabelConfig(delta=1.0)
+    with pytest.raises(ConfigError, match=r"label\.sampling"):
+        from components.platform.config import build_config
+
+        build_config(LabelConfig, {"sampling": "adaptive"}, "label")
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 
@@ -423,14 +520,18 @@ def _tables(folder: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+SAMPLINGS = pytest.mark.parametrize("sampling", ["fixed", "sequential"])
+
+
+@SAMPLINGS
 def test_one_run_equals_merged_shards(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampling: str
 ) -> None:
     one, sharded = tmp_path / "one", tmp_path / "sharded"
     for folder in (one, sharded):
         write_inputs(folder, 3, 4)
     monkeypatch.chdir(one)
-    metrics = main(write_params(one, tiny_model), [])
+    metrics = main(write_params(one, tiny_model, sampling=sampling), [])
     assert not list((one / "out").glob(".progress-*")), "the journal is removed at the end"
     tables = _tables(one)
     assert list(pd.read_parquet(one / "out" / "labels.parquet").columns) == LABEL_COLUMNS
@@ -448,7 +549,7 @@ def test_one_run_equals_merged_shards(
     assert [row["epsilon"] for row in plot] == [0.5, 0.8, 1.0]
 
     monkeypatch.chdir(sharded)
-    params = write_params(sharded, tiny_model)
+    params = write_params(sharded, tiny_model, sampling=sampling)
     for spec in ("1/2", "0/2"):
         main(params, [f"label.shard={spec}"])
     assert not (sharded / "out" / "labels.parquet").exists()
@@ -460,21 +561,28 @@ def test_one_run_equals_merged_shards(
     assert merged["shards"] == 2
 
 
-def test_merge_needs_every_shard(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@SAMPLINGS
+def test_merge_needs_every_shard(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampling: str
+) -> None:
     write_inputs(tmp_path, 2, 0)
     monkeypatch.chdir(tmp_path)
-    params = write_params(tmp_path, tiny_model, processbench_input=None)
+    params = write_params(tmp_path, tiny_model, processbench_input=None, sampling=sampling)
     main(params, ["label.shard=0/2"])
     with pytest.raises(DataError, match=r"manifest-1of2\.json: shard 1/2 is missing"):
         main(params, ["label.shard=merge"])
     main(params, ["label.shard=1/2", "label.threads=2"])  # threads do not change what a shard writes
     with pytest.raises(DataError, match=r"manifest-0of2\.json: shard 0/2 was made with other settings"):
         main(params, ["label.shard=merge", "label.epsilon=0.5"])
+    other = "fixed" if sampling == "sequential" else "sequential"
+    with pytest.raises(DataError, match=r"manifest-0of2\.json: shard 0/2 was made with other settings"):
+        main(params, ["label.shard=merge", f"label.sampling={other}"])
     assert main(params, ["label.shard=merge"])["shards"] == 2
 
 
-def test_run_resumes_from_the_journal(tiny_backend: Backend, tmp_path: Path) -> None:
-    cfg = LabelConfig(k_mid=4, max_tokens=12)
+@SAMPLINGS
+def test_run_resumes_from_the_journal(tiny_backend: Backend, tmp_path: Path, sampling: str) -> None:
+    cfg = LabelConfig(k_mid=4, max_tokens=12, sampling=sampling)  # type: ignore[arg-type]
     units = rollout_units(pd.DataFrame(rollout_rows(3)), mc0="rollout")  # p0, p2: two waves, p1 one
     counting = Counting(tiny_backend)
     full = run(cfg, units, Journal(tmp_path / "a.jsonl", "f"), counting)
@@ -486,13 +594,14 @@ def test_run_resumes_from_the_journal(tiny_backend: Backend, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@SAMPLINGS
 def test_sigkill_then_resume_gives_the_uninterrupted_table(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampling: str
 ) -> None:
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     for folder in (clean, killed):
         write_inputs(folder, 4, 24)
-        write_params(folder, tiny_model, max_tokens=48)
+        write_params(folder, tiny_model, max_tokens=48, sampling=sampling)
     monkeypatch.chdir(clean)
     main(clean / "params.yaml", [])
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GENPRM_LOG_LEVEL": "WARNING"}

@@ -19,6 +19,9 @@ step-t prefixes of the paths still alive (identical prefixes once), n=K, seeded 
 ``unit_seed(seed, unit.key, t)``. A call never mixes problems, so its samples depend only on the problem
 (not on sharding or resuming). The cost of a shared prefix is charged to the first path needing it.
 
+``label.sampling: sequential`` samples the same prefixes in chunks until their labels are decided
+(``components.method.sequential``); ``components.method.binarysearch`` is the binary-search baseline.
+
 ``rpe_labels``: label_t = 1 iff MC_t >= epsilon * MC_{t-1} with MC_{t-1} > 0 (ratio test), and
 label_t = 0 after a step with MC 0 (t >= 2: that step was the first error). Step 1 with MC_0 = 0 has no
 earlier step to blame and no ratio: it is labelled 1 iff MC_1 > 0 (the completer reaches the answer
@@ -139,35 +142,49 @@ def score_samples(gold: str, prefill: str, texts: list[str]) -> tuple[int, int]:
     return hits, sum(a is None for a in answers)
 
 
-def sample_prefixes(
-    backend: Backend, cfg: MCSettings, unit: Unit, prefills: list[str], k: int, wave: int
-) -> list[tuple[float, Spend]]:
-    """ONE backend call: K completions of each prefill; (fraction reaching gold, cost) per prefill."""
+def sample_counts(
+    backend: Backend, cfg: MCSettings, unit: Unit, prefills: list[str], n: int, *seed_parts: object
+) -> list[tuple[int, Spend]]:
+    """ONE backend call: n completions of each prefill, seeded ``unit_seed(seed, unit key, *seed_parts)``;
+    (completions reaching gold, cost) per prefill."""
     from components.method.prompts import chat_messages
 
     messages = chat_messages(unit.problem)
     requests = [GenerationRequest(messages=messages, prefill=p) for p in prefills]
-    seed = unit_seed(cfg.seed, unit.key, wave)
+    seed = unit_seed(cfg.seed, unit.key, *seed_parts)
     params = SamplingParams(
-        n=k, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed
+        n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed
     )
     scored = []
     for prefill, result in zip(prefills, backend.generate(requests, params), strict=True):
         hits, no_answer = score_samples(unit.gold, prefill, [s.text for s in result.samples])
         tokens = sum(s.num_generated_tokens for s in result.samples)
-        scored.append((hits / k, Spend(len(result.samples), tokens, no_answer)))
+        scored.append((hits, Spend(len(result.samples), tokens, no_answer)))
     return scored
+
+
+def sample_prefixes(
+    backend: Backend, cfg: MCSettings, unit: Unit, prefills: list[str], k: int, wave: int
+) -> list[tuple[float, Spend]]:
+    """ONE backend call: K completions of each prefill; (fraction reaching gold, cost) per prefill."""
+    return [(hits / k, cost) for hits, cost in sample_counts(backend, cfg, unit, prefills, k, wave)]
+
+
+def wave_zero(backend: Backend, cfg: MCSettings, unit: Unit, spend: list[Spend]) -> float:
+    """MC_0: the unit's given value, or wave 0 (``mc0_samples`` of the bare prompt, charged to path 0)."""
+    from components.method.prompts import STEP_PREFILL
+
+    if unit.mc0 is not None:
+        return unit.mc0
+    [(mc0, cost)] = sample_prefixes(backend, cfg, unit, [STEP_PREFILL], cfg.mc0_samples, wave=0)
+    spend[0].add(cost)
+    return mc0
 
 
 def estimate(backend: Backend, cfg: MCSettings, unit: Unit) -> Estimate:
     """MC values of every path of ``unit``, wave by wave, stopping each path at its first MC of 0."""
-    from components.method.prompts import STEP_PREFILL
-
     spend = [Spend() for _ in unit.paths]
-    mc0 = unit.mc0
-    if mc0 is None:
-        [(mc0, cost)] = sample_prefixes(backend, cfg, unit, [STEP_PREFILL], cfg.mc0_samples, wave=0)
-        spend[0].add(cost)
+    mc0 = wave_zero(backend, cfg, unit, spend)
     k = k_for(mc0, cfg)
     sampled: list[list[float]] = [[] for _ in unit.paths]
     alive = set(range(len(unit.paths)))  # MC_0 = 0 stops nothing (module docstring)

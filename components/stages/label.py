@@ -27,8 +27,9 @@ ratio test in the limit MC_0 -> 0+, see ``components.method.montecarlo``).
     genprm label --set label.shard=merge        # the n shards -> the final tables and metrics
 
 Cost: wave t of a problem is ONE backend call (n=K) holding the step-t prefixes of its paths still alive,
-identical prefixes once; paths stop at their first MC of 0. ``benchmarks/labeling.py`` compares this with
-the naive Math-Shepherd loop.
+identical prefixes once; paths stop at their first MC of 0. ``label.sampling: sequential`` samples each
+prefix in chunks until its labels are decided (``delta``, ``chunk``; ``components.method.sequential``).
+``benchmarks/labeling.py`` compares both with the naive Math-Shepherd loop and a binary search.
 
 Determinism, shards, crash safety: a call never mixes problems and is seeded with
 ``unit_seed(seed, unit key, wave)``, so its samples depend only on its problem, never on sharding or
@@ -60,11 +61,13 @@ from components.data.journal import (
     ShardSpec,
     shard,
 )
+from components.data.label_units import MC0Source, load_units, processbench_units, rollout_units
 from components.data.quality import QualityConfig, check
-from components.data.records import LABEL_COLUMNS, PROCESSBENCH_COLUMNS, ROLLOUT_NEEDED
+from components.data.records import LABEL_COLUMNS, PROCESSBENCH_COLUMNS
 from components.data.shards import ShardedStage, run_fingerprint
 from components.method.metrics import first_error_from_labels, processbench_f1
-from components.method.montecarlo import Estimate, PathInput, Unit, estimate, hard_labels, rpe_labels
+from components.method.montecarlo import Estimate, Unit, estimate, hard_labels, rpe_labels
+from components.method.sequential import estimate_sequential
 from components.platform.config import option, section, to_dict
 from components.platform.errors import ConfigError, DataError
 
@@ -73,7 +76,8 @@ log = logging.getLogger(__name__)
 METRICS_PATH = Path("metrics/label.json")
 PLOT_PATH = Path("plots/label_epsilon.json")
 TABLES = {"rollout": "labels", "processbench": "processbench_labels"}
-MC0Source = Literal["completer", "rollout"]
+Sampling = Literal["fixed", "sequential"]
+__all__ = ["LabelConfig", "load_units", "main", "processbench_units", "rollout_units", "run"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,14 @@ class LabelConfig:
     mc0_samples: int = option(
         16, help="Completions of the bare prompt estimating MC_0 (ProcessBench records; mc0: completer)."
     )
+    sampling: Sampling = option(
+        "fixed",
+        help="'fixed': every live step prefix gets its K completions; 'sequential': completions in chunks "
+        "of `chunk`, stopping once the step's labels are decided with confidence >= 1 - delta (never "
+        "past K; components/method/sequential.py).",
+    )
+    delta: float = option(0.05, help="sequential: error probability bound of a decided RPE label.")
+    chunk: int = option(4, help="sequential: completions per prefix per round (must divide every K).")
     epsilon: float = option(0.8, help="RPE: step t is right iff MC_t / MC_{t-1} >= epsilon (0 < epsilon).")
     epsilon_sweep: list[float] = option([0.5, 0.8, 1.0], help="Epsilons whose ProcessBench F1 is plotted.")
     temperature: float = option(0.7, help="Completer sampling temperature.")
@@ -135,82 +147,12 @@ class LabelConfig:
             raise ConfigError("label: input and processbench_input are both null: nothing to label")
         if self.shard != "merge":
             ShardSpec.parse(self.shard, "label.shard")
-
-
-# ------------------------------------------------------------------------------------------- inputs
-
-
-def _row_error(path: Path | str, row: int, rec: dict[str, Any]) -> str | None:
-    """Why a kept rollout row cannot be labelled, or None."""
-    steps, gold, rate = rec["steps"], rec["gold_answer"], rec["pass_rate"]
-    if steps is None or len(steps) == 0:
-        return f"{path}: row {row} (path {rec['path_id']!r}) is kept but has no steps"
-    if gold is None or (isinstance(gold, float) and math.isnan(gold)) or not str(gold).strip():
-        return f"{path}: row {row} (problem {rec['problem_id']!r}) has no gold answer"
-    if not isinstance(rate, int | float) or not 0.0 <= float(rate) <= 1.0:
-        return f"{path}: row {row} (problem {rec['problem_id']!r}) has pass_rate {rate!r}, not in [0, 1]"
-    return None
-
-
-def rollout_units(
-    frame: pd.DataFrame, path: Path | str = "<frame>", mc0: MC0Source = "completer"
-) -> list[Unit]:
-    """The kept paths of a rollout table grouped by problem (first-appearance order); checks input.
-
-    ``mc0``: ``completer`` leaves each unit's MC_0 to be estimated (wave 0), ``rollout`` gives it the
-    problem's pass rate.
-    """
-    missing = [c for c in ROLLOUT_NEEDED if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column {missing[0]!r} (label needs {', '.join(ROLLOUT_NEEDED)})")
-    groups: dict[str, list[dict[str, Any]]] = {}
-    seen: set[str] = set()
-    for row, rec in enumerate(frame.to_dict(orient="records"), start=1):
-        if not bool(rec["kept"]):
-            continue
-        error = _row_error(path, row, rec)
-        if error is None and str(rec["path_id"]) in seen:
-            error = f"{path}: row {row} repeats path_id {rec['path_id']!r}"
-        if error:
-            raise DataError(error)
-        seen.add(str(rec["path_id"]))
-        groups.setdefault(str(rec["problem_id"]), []).append(rec)
-    units = []
-    for pid, recs in groups.items():
-        paths = [PathInput(str(r["path_id"]), [str(s) for s in r["steps"]], bool(r["correct"])) for r in recs]
-        first = recs[0]
-        gold, rate = str(first["gold_answer"]), float(first["pass_rate"])
-        units.append(
-            Unit("rollout", pid, str(first["problem"]), gold, rate if mc0 == "rollout" else None, paths)
-        )
-    return units
-
-
-def processbench_units(path: Path, limit: int | None = None) -> list[Unit]:
-    """One unit per ProcessBench-format record (the first ``limit``); each needs its gold ``answer``."""
-    from components.data.io import read_jsonl
-    from components.data.records import processbench_from_dict
-
-    units: list[Unit] = []
-    for line, raw in read_jsonl(path):
-        if limit is not None and len(units) >= limit:
-            break
-        rec = processbench_from_dict(raw, f"{path}:{line}")
-        if rec.answer is None or not rec.answer.strip():
-            raise DataError(f"{path}:{line}: record {rec.id!r} has no gold 'answer' (MC estimates need it)")
-        paths = [PathInput(rec.id, rec.steps, rec.final_answer_correct, rec.label)]
-        units.append(Unit("processbench", rec.id, rec.problem, rec.answer, None, paths))
-    return units
-
-
-def load_units(cfg: LabelConfig) -> list[Unit]:
-    """Every unit to label, in canonical order: rollout problems, then ProcessBench records."""
-    from components.data.io import read_parquet
-
-    units = rollout_units(read_parquet(Path(cfg.input)), cfg.input, cfg.mc0) if cfg.input else []
-    if cfg.processbench_input:
-        units += processbench_units(Path(cfg.processbench_input), cfg.processbench_max_records)
-    return units
+        if not 0 < self.delta < 1 or self.chunk < 1:
+            raise ConfigError("label.delta/chunk: need 0 < delta < 1 and chunk >= 1")
+        if self.sampling == "sequential" and any(
+            k % self.chunk for k in (self.k_low, self.k_mid, self.k_high)
+        ):
+            raise ConfigError(f"label.chunk: {self.chunk} must divide k_low, k_mid and k_high (never past K)")
 
 
 def unit_records(unit: Unit, est: Estimate, epsilon: float) -> list[dict[str, Any]]:
@@ -248,7 +190,8 @@ def run(
         try:
             bar = tqdm(pending, "label", len(units), initial=len(units) - len(pending), unit="problem")
             for unit in bar:
-                journal.append(unit.key, unit_records(unit, estimate(active, cfg, unit), cfg.epsilon))
+                est = (estimate_sequential if cfg.sampling == "sequential" else estimate)(active, cfg, unit)
+                journal.append(unit.key, unit_records(unit, est, cfg.epsilon))
         finally:
             if owned:
                 active.close()
