@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 from collections.abc import Iterator
@@ -22,7 +23,8 @@ from conftest_project import TINY_OVERRIDES
 from typer.testing import CliRunner
 
 from components.data.records import normalize_text
-from components.method.prompts import POLICY_SYSTEM_PROMPT, STEP_PREFILL, chat_messages
+from components.method.grading import extract_answer
+from components.method.prompts import POLICY_SYSTEM_PROMPT, STEP_PREFILL, chat_messages, solution_text
 from components.platform.cli import app
 from components.platform.errors import DataError
 from components.stages.bootstrap import (
@@ -37,9 +39,10 @@ from components.stages.bootstrap import (
     tokenizer_corpus,
 )
 from components.stages.prepare import main as prepare_main
-from components.world.pretrain import PAD_MULTIPLE, collate, encode_example
+from components.world.pretrain import PAD_MULTIPLE, Example, collate, encode_example
+from components.world.skills import SKILLS_SYSTEM_PROMPT, skill_document
 from components.world.smallmodel import IM_END, IM_START, PAD, ModelConfig, train_tokenizer
-from components.world.synthetic import SyntheticConfig
+from components.world.synthetic import SyntheticConfig, generate_problems, gold_steps, problem_text
 
 WORLD = SyntheticConfig()
 TINY_MODEL = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64)
@@ -68,7 +71,7 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def corpus() -> list[tuple[str, str]]:
+def corpus() -> list[Example]:
     return build_corpus(tiny_config(), WORLD, set())
 
 
@@ -165,15 +168,63 @@ def test_collate_pads_right_to_a_multiple(tokenizer: Any, corpus: list[tuple[str
 # ---------------------------------------------------------------------------------------------- corpus
 
 
-def test_build_corpus_excludes_held_out_texts(corpus: list[tuple[str, str]]) -> None:
+def pair_text(pair: Example) -> str:
+    """Everything a corpus pair shows the model: the prompt (or every message) and the answer."""
+    prompt, answer = pair
+    shown = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+    return f"{shown}\n{answer}"
+
+
+def test_build_corpus_excludes_held_out_texts(corpus: list[Example]) -> None:
     assert len(corpus) == 300
-    assert all(solution.startswith(STEP_PREFILL) for _, solution in corpus)
-    exclude = {normalize_text(problem) for problem, _ in corpus[::30]}
+    assert all(solution.startswith(STEP_PREFILL) for prompt, solution in corpus if isinstance(prompt, str))
+    held_out = [problem_text(p) for p in generate_problems(WORLD, 300, seed=7, prefix="corpus")[::30]]
+    assert sum(any(t in pair_text(pair) for t in held_out) for pair in corpus) >= 8
+    exclude = {normalize_text(t) for t in held_out}
     kept = build_corpus(tiny_config(), WORLD, exclude)
-    assert not {normalize_text(p) for p, _ in kept} & exclude
-    expected = [pair for pair in corpus if normalize_text(pair[0]) not in exclude]
-    assert len(kept) == len(expected) < len(corpus)
-    assert {p for p, _ in kept} == {p for p, _ in expected}
+    assert len(kept) == len(corpus) - len(held_out)
+    # Neither a solution nor a skill document nor a feedback conversation is made from a held-out problem.
+    assert not [pair for pair in kept if any(t in pair_text(pair) for t in held_out)]
+
+
+def test_the_corpus_mixes_error_kinds_and_skill_documents() -> None:
+    from components.world.mistakes import ALL_KINDS
+
+    cfg = tiny_config(corpus_size=600, error_fraction=0.5, skills_fraction=0.2)
+    pairs = build_corpus(cfg, WORLD, set())
+    skills = [pair for pair in pairs if not isinstance(pair[0], str)]
+    assert 0.13 <= len(skills) / len(pairs) <= 0.27
+    assert all(pair[0][0]["content"] == SKILLS_SYSTEM_PROMPT for pair in skills)
+    solutions = [pair for pair in pairs if isinstance(pair[0], str)]
+    recheck = [s for _, s in solutions if ", not " in s]
+    remarks = [s for _, s in solutions if "Check: " in s or "than at the start" in s]
+    assert len(recheck) >= 10 and len(remarks) >= 30, "recomputed steps and side remarks are in the corpus"
+    assert set(cfg.error_kinds) == set(ALL_KINDS)
+    none = build_corpus(tiny_config(skills_fraction=0.0), WORLD, set())
+    assert all(isinstance(prompt, str) for prompt, _ in none)
+    only_fix = tiny_config(error_fraction=1.0, error_kinds={"silent_fix": 1.0}, skills_fraction=0.0)
+    for (_, solution), problem in zip(
+        build_corpus(only_fix, WORLD, set()),
+        generate_problems(WORLD, 300, seed=7, prefix="corpus"),
+        strict=True,
+    ):
+        assert extract_answer(solution) == str(problem.answer), "a silent fix keeps the final answer"
+        assert solution != solution_text(gold_steps(problem)), "and holds an error"
+
+
+def test_skill_documents_reach_the_tokenizer_and_train_on_the_answer_only(tokenizer: Any) -> None:
+    messages, answer = skill_document(generate_problems(WORLD, 1, seed=2)[0], random.Random(0))
+    ids, labels = encode_example(tokenizer, messages, answer, loss_on="solution")
+    boundary = next(i for i, lab in enumerate(labels) if lab != -100)
+    assert tokenizer.decode(ids[boundary:]) == answer + IM_END + "\n"
+    texts = tokenizer_corpus([(messages, answer)], [])
+    assert SKILLS_SYSTEM_PROMPT in texts[0] and answer in texts[0]
+    # The tokenizer trained on a corpus with skill documents merges their code and output.
+    plain = build_corpus(tiny_config(skills_fraction=0.0), WORLD, set())
+    without = train_tokenizer(tokenizer_corpus(plain, RATIONALE_SCAFFOLD), vocab_size=300)
+    snippet = "```python\nprint(7 + 5 == 12)\n```\nOutput:\n```\nTrue\n```"
+    count = [len(t(snippet, add_special_tokens=False)["input_ids"]) for t in (tokenizer, without)]
+    assert count[0] < count[1], count
 
 
 def test_build_corpus_is_seeded() -> None:

@@ -15,6 +15,7 @@ import pytest
 from components.data.records import split_steps
 from components.method.grading import extract_answer
 from components.method.prompts import solution_text
+from components.world.mistakes import ALL_KINDS
 from components.world.synthetic import (
     ERROR_KINDS,
     TEMPLATES,
@@ -217,12 +218,16 @@ def test_inject_error_returns_none_or_a_real_error(problems: list[WorldProblem])
 
 def test_processbench_balance_and_labels() -> None:
     world = generate_problems(CFG, 400, seed=21)
-    records = generate_processbench(CFG, world, seed=21, error_fraction=0.5)
+    records = generate_processbench(CFG, world, seed=21, error_fraction=0.5, remark_rate=0.2)
     assert len(records) == 400
     with_error = [r for r in records if r.label != -1]
     assert 0.4 <= len(with_error) / len(records) <= 0.6
-    assert {r.generator for r in with_error} == {f"synthetic-{k}" for k in ERROR_KINDS}
-    assert {r.generator for r in records if r.label == -1} == {"synthetic-gold"}
+    kinds = Counter(r.generator.removeprefix("synthetic-") for r in with_error)
+    assert set(kinds) == set(ALL_KINDS), "every error kind appears by default"
+    assert all(n >= 0.5 * len(with_error) / len(ALL_KINDS) for n in kinds.values()), kinds
+    assert {r.generator for r in records if r.label == -1} == {"synthetic-gold", "synthetic-gold-remark"}
+    recovered = [r for r in with_error if r.final_answer_correct]
+    assert 0.3 <= len(recovered) / len(with_error) <= 0.7, "erroneous records with a right final answer"
     labels = Counter(r.label for r in with_error)
     assert len(labels) >= 3, "errors appear at several positions"
     by_id = {p.uid: p for p in world}
@@ -230,12 +235,14 @@ def test_processbench_balance_and_labels() -> None:
         problem = by_id[record.id]
         assert record.problem == problem_text(problem)
         assert -1 <= record.label < len(record.steps)
-        assert record.final_answer_correct == (record.label == -1)
         answer_ok = extract_answer(record.steps[-1]) == str(problem.answer)
         assert answer_ok == record.final_answer_correct
+        assert record.final_answer_correct == (record.generator.removeprefix("synthetic-") not in ERROR_KINDS)
         gold = gold_steps(problem)
-        if record.label == -1:
+        if record.generator == "synthetic-gold":
             assert record.steps == gold
+        elif record.label == -1:
+            assert sum(a != b for a, b in zip(record.steps, gold, strict=True)) == 1
         else:
             assert record.steps[: record.label] == gold[: record.label]
             assert record.steps[record.label] != gold[record.label]

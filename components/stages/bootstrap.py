@@ -2,7 +2,9 @@
 
 Trains a byte-level BPE tokenizer on the synthetic corpus, builds a small Qwen2/Llama model from a
 config, pretrains it on chat-formatted solutions (a mixture of gold solutions and solutions with one
-injected error, loss on the assistant turn only), saves both with ``save_pretrained`` and measures how
+error of each kind in ``components/world/mistakes.py``, some recovered from), optionally feedback
+conversations and generic skill documents (short Python and arithmetic, ``components/world/skills.py``),
+loss on the assistant turn only, saves both with ``save_pretrained`` and measures how
 often the policy solves held-out problems greedily and at the sampling temperature.
 
     genprm bootstrap [--set bootstrap.train.steps=200]
@@ -23,17 +25,19 @@ from typing import Any
 
 from components.method.prompts import GENPRM_SYSTEM_PROMPT, POLICY_SYSTEM_PROMPT, solution_text
 from components.platform.config import option, section
-from components.world.pretrain import EvalConfig, Example, TrainConfig
-from components.world.smallmodel import ModelConfig
-from components.world.synthetic import (
-    ERROR_KINDS,
-    SyntheticConfig,
-    WorldProblem,
-    generate_problems,
-    gold_steps,
-    inject_error,
-    problem_text,
+from components.platform.errors import ConfigError
+from components.world.mistakes import (
+    DEFAULT_KIND_WEIGHTS,
+    KINDS_HELP,
+    REMARK_HELP,
+    check_weights,
+    correct_solution,
+    draw_mistake,
 )
+from components.world.pretrain import EvalConfig, Example, TrainConfig
+from components.world.skills import SKILLS_HELP
+from components.world.smallmodel import ModelConfig
+from components.world.synthetic import SyntheticConfig, WorldProblem, generate_problems, problem_text
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,9 @@ class BootstrapConfig:
     seed: int = option(1234, help="Seed for corpus, initialisation and sampling.")
     corpus_size: int = option(40000, help="Training solutions generated for pretraining.")
     error_fraction: float = option(0.2, help="Fraction of training solutions with one injected error.")
+    error_kinds: dict[str, float] = option(DEFAULT_KIND_WEIGHTS, help=KINDS_HELP)
+    remark_rate: float = option(0.2, help=REMARK_HELP)
+    skills_fraction: float = option(0.15, help=SKILLS_HELP)
     feedback_fraction: float = option(
         0.0,
         help="Fraction of the corpus that is feedback conversations (a solution, the refinement "
@@ -57,26 +64,32 @@ class BootstrapConfig:
     eval: EvalConfig = section(EvalConfig, help="Policy measurement.")
     output_dir: str = option("models/policy", help="Where the model and tokenizer are saved.")
 
+    def __post_init__(self) -> None:
+        check_weights(self.error_kinds, "bootstrap.error_kinds")
+        for key in ("error_fraction", "remark_rate", "skills_fraction", "feedback_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"bootstrap.{key}: must be in [0, 1], got {getattr(self, key)}")
+
 
 def training_solution(problem: WorldProblem, rng: random.Random, cfg: BootstrapConfig, world: Any) -> str:
-    """A gold solution or, with probability ``error_fraction``, one with a single injected error."""
+    """A correct solution (some with a side remark) or, with probability ``error_fraction``, one with a
+    single error of a kind drawn by ``error_kinds``."""
     if rng.random() < cfg.error_fraction:
-        for _ in range(10):
-            kind = rng.choice(ERROR_KINDS)
-            steps = inject_error(problem, rng, world, kind, rng.randrange(len(problem.operations)))
-            if steps is not None:
-                return solution_text(steps)
-    return solution_text(gold_steps(problem))
+        mistake = draw_mistake(problem, rng, world, cfg.error_kinds)
+        if mistake is not None:
+            return solution_text(mistake.steps)
+    return solution_text(correct_solution(problem, rng, cfg.remark_rate))
 
 
 def build_corpus(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str]) -> list[Example]:
     """(prompt, solution) pairs for pretraining, skipping problems in ``exclude``.
 
-    The prompt is the problem text (the rollout prompt) or, for a feedback conversation, the messages
-    before the revised solution.
+    The prompt is the problem text (the rollout prompt) or, for a feedback conversation or a skill
+    document, the messages before the assistant's answer.
     """
     from components.data.records import normalize_text
     from components.world.feedback import feedback_example
+    from components.world.skills import skill_document
 
     rng = random.Random(cfg.seed)
     problems = generate_problems(world, cfg.corpus_size, seed=cfg.seed, prefix="corpus")
@@ -87,10 +100,13 @@ def build_corpus(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str]
             continue
         # Drawn only when feedback is on, so a corpus without it is the one earlier versions made.
         if cfg.feedback_fraction > 0 and rng.random() < cfg.feedback_fraction:
-            example = feedback_example(problem, rng, world)
+            example = feedback_example(problem, rng, world, kinds=cfg.error_kinds)
             if example is not None:
                 pairs.append(example)
                 continue
+        if cfg.skills_fraction > 0 and rng.random() < cfg.skills_fraction:
+            pairs.append(skill_document(problem, rng))
+            continue
         pairs.append((text, training_solution(problem, rng, cfg, world)))
     return pairs
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from components.data.records import Problem, ProcessBenchRecord, normalize_text
 from components.data.sources import FileSourceConfig, HFSourceConfig, load_file_problems, load_hf_problems
 from components.platform.config import option
 from components.platform.errors import ConfigError
+from components.world.mistakes import DEFAULT_KIND_WEIGHTS, KINDS_HELP, REMARK_HELP, check_weights
 from components.world.synthetic import (
     SyntheticConfig,
     generate_problems,
@@ -51,12 +53,15 @@ class PrepareConfig:
     processbench_error_fraction: float = option(
         0.5, help="Fraction of ProcessBench records with one injected error (the rest are correct)."
     )
+    processbench_error_kinds: dict[str, float] = option(DEFAULT_KIND_WEIGHTS, help=KINDS_HELP)
+    processbench_remark_rate: float = option(0.2, help=REMARK_HELP)
     file: FileSourceConfig | None = option(None, help="File source settings (source=file).")
     hf: HFSourceConfig | None = option(None, help="Hugging Face datasets source settings (source=hf).")
     output_dir: str = option("data/prepared", help="Directory for the problem tables and test set.")
 
     def __post_init__(self) -> None:
-        for key in ("test_fraction", "processbench_error_fraction"):
+        check_weights(self.processbench_error_kinds, "prepare.processbench_error_kinds")
+        for key in ("test_fraction", "processbench_error_fraction", "processbench_remark_rate"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"prepare.{key}: must be in [0, 1], got {getattr(self, key)}")
         for key in ("num_problems", "processbench_size"):
@@ -117,8 +122,27 @@ def synthetic_processbench(
     candidates = generate_problems(world, cfg.processbench_size * 2, seed=cfg.seed + 7919, prefix="pb")
     fresh = [p for p in candidates if normalize_text(problem_text(p)) not in exclude]
     return generate_processbench(
-        world, fresh[: cfg.processbench_size], cfg.seed, cfg.processbench_error_fraction
+        world,
+        fresh[: cfg.processbench_size],
+        cfg.seed,
+        cfg.processbench_error_fraction,
+        kinds=cfg.processbench_error_kinds,
+        remark_rate=cfg.processbench_remark_rate,
     )
+
+
+def processbench_mix(records: list[ProcessBenchRecord]) -> dict[str, Any]:
+    """Share of records per generator (``synthetic-<kind>``) and of erroneous records with a right answer."""
+    counts = Counter(r.generator for r in records)
+    errors = [r for r in records if r.label != -1]
+    return {
+        "processbench_kinds": {g: round(n / len(records), 4) for g, n in sorted(counts.items())},
+        "processbench_error_final_answer_correct": round(
+            sum(r.final_answer_correct for r in errors) / len(errors), 4
+        )
+        if errors
+        else 0.0,
+    }
 
 
 def run(cfg: PrepareConfig, world: SyntheticConfig) -> PreparedData:
@@ -136,6 +160,7 @@ def run(cfg: PrepareConfig, world: SyntheticConfig) -> PreparedData:
         "test": len(test),
         "processbench": len(processbench),
         "processbench_with_error": num_errors,
+        **processbench_mix(processbench),
     }
     log.info("prepare: %s", metrics)
     return PreparedData(train, test, processbench, metrics)

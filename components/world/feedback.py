@@ -6,8 +6,8 @@ small world's policy learns it from conversations of exactly the refinement prot
 short analysis, and the revised solution. They are made by the world's own generator from corpus
 problems (never a test problem, never the pipeline's labels or rationales):
 
-- an erroneous solution (one injected error, ``inject_error``) flagged at its first wrong paragraph,
-  revised into the gold solution;
+- an erroneous solution (one error of a kind drawn by the corpus's error mix, ``mistakes.draw_mistake``)
+  flagged at its first wrong paragraph, revised into the gold solution;
 - a correct solution flagged at a random paragraph (a critic's false alarm), "revised" into the same
   gold solution, so that feedback on a right solution does not break it.
 
@@ -22,7 +22,8 @@ from typing import Any
 
 from components.method.prompts import solution_text
 from components.method.refine import Flag, refine_conversation
-from components.world.synthetic import ERROR_KINDS, WorldProblem, gold_steps, inject_error, problem_text
+from components.world.mistakes import DEFAULT_KIND_WEIGHTS, draw_mistake
+from components.world.synthetic import WorldProblem, gold_steps, problem_text
 
 _CLAIM = re.compile(r"(\d+\s*[-+*/×÷]\s*\d+\s*=\s*\d+)")
 
@@ -36,15 +37,22 @@ def analysis_of(step: str) -> str:
 
 
 def feedback_example(
-    problem: WorldProblem, rng: random.Random, world: Any, error_share: float = 0.6
+    problem: WorldProblem,
+    rng: random.Random,
+    world: Any,
+    error_share: float = 0.6,
+    kinds: dict[str, float] | None = None,
 ) -> tuple[list[dict[str, str]], str] | None:
-    """(conversation up to the feedback turn, revised solution) for one corpus problem, or None."""
+    """(conversation up to the feedback turn, revised solution) for one corpus problem, or None.
+
+    ``kinds`` weighs the error kinds of the erroneous solutions (default: every kind equally).
+    """
     gold = gold_steps(problem)
     if rng.random() < error_share:
-        index = rng.randrange(len(problem.operations))
-        steps = inject_error(problem, rng, world, rng.choice(ERROR_KINDS), index)
-        if steps is None:
+        mistake = draw_mistake(problem, rng, world, DEFAULT_KIND_WEIGHTS if kinds is None else kinds, tries=1)
+        if mistake is None:
             return None
+        steps, index = mistake.steps, mistake.label
     else:
         steps, index = gold, rng.randrange(len(gold))
     flag = Flag(index, steps[index], analysis_of(steps[index]))

@@ -79,12 +79,15 @@ def encode_example(
     With ``split_at_prefill`` the text is tokenized in two pieces split after ``Step 1: ``, the boundary
     a rollout meets (prompt + prefill, then generation). Without it, the solution is tokenized in one
     piece after the prompt, as a prefill of whole steps (the label stage's prefixes) is tokenized.
+    A solution to a rollout prompt (``problem`` a str) must start with ``Step 1: ``; an answer in a
+    conversation (``problem`` the messages) that does not (a skill document) is one piece.
     """
     messages = chat_messages(problem) if isinstance(problem, str) else problem
     prompt = str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    if not solution.startswith(STEP_PREFILL):
+    stepwise = solution.startswith(STEP_PREFILL)
+    if isinstance(problem, str) and not stepwise:
         raise ValueError(f"solution must start with {STEP_PREFILL!r}: {solution[:40]!r}")
-    cut = len(STEP_PREFILL) if split_at_prefill else 0
+    cut = len(STEP_PREFILL) if split_at_prefill and stepwise else 0
     head = tokenizer(prompt + solution[:cut], add_special_tokens=False)["input_ids"]
     tail = tokenizer(solution[cut:] + tokenizer.eos_token + "\n", add_special_tokens=False)["input_ids"]
     ids = head + tail

@@ -8,8 +8,10 @@ larger than ``value_max`` and divisions are exact. The gold solution has one ste
     Step 2: After giving away 3, Mia has 12 - 3 = 9 marbles. The answer is \\boxed{9}.
 
 ``inject_error`` rewrites a gold solution with exactly one error at a chosen step (an arithmetic slip, a
-wrong operand, or a wrong operation), propagated to the end so the final answer is wrong, and returns
-the exact 0-based index of the first wrong step: a ProcessBench-format record with a true label.
+wrong operand, or a wrong operation), propagated to the end so the final answer is wrong. The kinds a
+later step recovers from (a slip the next step silently ignores, a wrong side remark nothing uses, a
+slip a new step recomputes: the final answer stays right) are in ``components/world/mistakes.py``;
+``generate_processbench`` mixes them all into ProcessBench-format records with exact first-error labels.
 
 Nothing here looks at model output; the teacher (which must not see this truth) parses step text.
 """
@@ -324,27 +326,35 @@ def generate_problems(cfg: SyntheticConfig, count: int, seed: int, prefix: str =
 
 
 def make_processbench_record(
-    problem: WorldProblem, rng: random.Random, cfg: SyntheticConfig, with_error: bool
+    problem: WorldProblem,
+    rng: random.Random,
+    cfg: SyntheticConfig,
+    with_error: bool,
+    kinds: dict[str, float] | None = None,
+    remark_rate: float = 0.0,
 ) -> ProcessBenchRecord:
-    """A ProcessBench-format record for ``problem``: the gold solution, or one with a single error."""
-    text = problem_text(problem)
-    if with_error:
-        for _ in range(50):
-            kind = rng.choice(ERROR_KINDS)
-            index = rng.randrange(len(problem.operations))
-            steps = inject_error(problem, rng, cfg, kind, index)
-            if steps is not None:
-                return ProcessBenchRecord(
-                    problem.uid, f"synthetic-{kind}", text, steps, False, index, str(problem.answer)
-                )
-    return ProcessBenchRecord(
-        problem.uid, "synthetic-gold", text, gold_steps(problem), True, -1, str(problem.answer)
-    )
+    """A ProcessBench-format record for ``problem``: a correct solution, or one with a single error.
+
+    ``kinds`` weighs the error kinds (``components/world/mistakes.py``; default: every kind equally);
+    ``remark_rate`` is the chance that a correct solution carries a correct side remark.
+    """
+    from components.world.mistakes import DEFAULT_KIND_WEIGHTS, processbench_record
+
+    weights = DEFAULT_KIND_WEIGHTS if kinds is None else kinds
+    return processbench_record(problem, rng, cfg, with_error, weights, remark_rate)
 
 
 def generate_processbench(
-    cfg: SyntheticConfig, problems: list[WorldProblem], seed: int, error_fraction: float
+    cfg: SyntheticConfig,
+    problems: list[WorldProblem],
+    seed: int,
+    error_fraction: float,
+    kinds: dict[str, float] | None = None,
+    remark_rate: float = 0.0,
 ) -> list[ProcessBenchRecord]:
-    """ProcessBench-format records, ``error_fraction`` of them with one injected error."""
+    """ProcessBench-format records, ``error_fraction`` of them with one error (make_processbench_record)."""
     rng = random.Random(seed)
-    return [make_processbench_record(p, rng, cfg, rng.random() < error_fraction) for p in problems]
+    return [
+        make_processbench_record(p, rng, cfg, rng.random() < error_fraction, kinds, remark_rate)
+        for p in problems
+    ]
