@@ -33,6 +33,7 @@ from components.stages.bootstrap import (
     EvalConfig,
     TrainConfig,
     build_corpus,
+    corpus_mix,
     held_out_texts,
     main,
     run,
@@ -195,6 +196,7 @@ def test_the_corpus_mixes_error_kinds_and_skill_documents() -> None:
     skills = [pair for pair in pairs if not isinstance(pair[0], str)]
     assert 0.13 <= len(skills) / len(pairs) <= 0.27
     assert all(pair[0][0]["content"] == SKILLS_SYSTEM_PROMPT for pair in skills)
+    assert corpus_mix(pairs) == {"solutions": len(pairs) - len(skills), "feedback": 0, "skills": len(skills)}
     solutions = [pair for pair in pairs if isinstance(pair[0], str)]
     recheck = [s for _, s in solutions if ", not " in s]
     remarks = [s for _, s in solutions if "Check: " in s or "than at the start" in s]

@@ -19,6 +19,7 @@ import logging
 import random
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,19 @@ def build_corpus(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str]
     return pairs
 
 
+def corpus_mix(pairs: list[Example]) -> dict[str, int]:
+    """How many corpus examples are solutions, feedback conversations and skill documents."""
+    from components.world.skills import SKILLS_SYSTEM_PROMPT
+
+    def kind(prompt: str | list[dict[str, str]]) -> str:
+        if isinstance(prompt, str):
+            return "solutions"
+        return "skills" if prompt[0]["content"] == SKILLS_SYSTEM_PROMPT else "feedback"
+
+    kinds = Counter(kind(p) for p, _ in pairs)
+    return {k: kinds[k] for k in ("solutions", "feedback", "skills")}
+
+
 def eval_problems(cfg: BootstrapConfig, world: SyntheticConfig) -> list[WorldProblem]:
     """Held-out problems for measuring the policy (a seed disjoint from the corpus seed)."""
     return generate_problems(world, cfg.eval.num_problems, seed=cfg.seed + 1_000_003, prefix="heldout")
@@ -143,7 +157,8 @@ def run(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str], out_dir
     torch.set_num_threads(cfg.threads)
     started = time.perf_counter()
     pairs = build_corpus(cfg, world, exclude)
-    log.info("corpus: %d solutions (%.0f%% with an injected error)", len(pairs), 100 * cfg.error_fraction)
+    mix = corpus_mix(pairs)
+    log.info("corpus: %d examples %s; error fraction %.2f", len(pairs), mix, cfg.error_fraction)
     tokenizer = train_tokenizer(tokenizer_corpus(pairs, RATIONALE_SCAFFOLD), cfg.vocab_size)
     model = build_model(cfg.model, tokenizer, seed=cfg.seed)
     log.info("model: %s, %d parameters", cfg.model.architecture, count_parameters(model))
@@ -157,6 +172,7 @@ def run(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str], out_dir
     return {
         "parameters": count_parameters(model),
         "corpus_size": len(pairs),
+        "corpus_mix": mix,
         "final_loss": losses[-1][1] if losses else float("nan"),
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
