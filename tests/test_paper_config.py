@@ -125,6 +125,10 @@ def test_estimate_follows_the_params_file_and_the_measured_throughput(tmp_path: 
     assert row(half, "rollout")["tokens"] == row(base, "rollout")["tokens"]
     slow = run_estimate("--tokens-per-s-7b", "6250")
     assert row(slow, "label")["gpu_hours"] == pytest.approx(2 * row(base, "label")["gpu_hours"])
+    # a measured token ratio of the sequential mode divides the per-prefix completions, not wave 0
+    sequential = run_estimate("--params", str(halved), "--label-token-ratio", "2.5")
+    assert row(sequential, "label")["tokens"] == pytest.approx((row(half, "label")["tokens"] - mc0) / 2.5)
+    assert row(sequential, "rollout")["tokens"] == row(base, "rollout")["tokens"]
 
 
 def test_estimate_prints_a_table() -> None:

@@ -14,6 +14,10 @@ Generation cost = calls x tokens per call / throughput, stage by stage:
 - synthesize: kept solutions x steps x rationale tokens (teacher, 32B);
 - train: 6 x parameters x SFT tokens x epochs FLOPs at an assumed model-FLOPs utilisation.
 
+``--label-token-ratio R`` divides the completions per step prefix (not MC_0's wave 0) by R: the measured
+ratio of fixed-K generated tokens to those of ``label.sampling: sequential`` (``benchmarks/labeling.py``,
+column fixed/mode; 1 = fixed K).
+
 K, samples, rounds and paths come from the params file; everything else is an assumption printed with
 the table and settable by a flag. The default throughputs are public figures, not measurements of ours:
 ~12,500 output tokens/s for an 8B model (BF16) on one H100 80GB with vLLM at high concurrency (third-
@@ -59,6 +63,7 @@ class Assumptions:
     tokens_per_s_32b: float = 1500.0  # per GPU (tensor parallel 2 -> 3,000 per server)
     mfu: float = 0.4
     gpus: int = 8
+    label_token_ratio: float = 1.0  # fixed-K label tokens / the chosen mode's (benchmarks/labeling.py)
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,10 @@ def generation_rows(rollout: RolloutConfig, label: LabelConfig, a: Assumptions) 
     samples = a.problems * rollout.samples_per_round * a.rounds
     solutions = a.problems * a.kept_fraction * rollout.num_paths
     prefixes = solutions * max(a.steps - 1, 1) * a.sampled_fraction
-    k = expected_k(label, a.k_band_shares)
+    k = expected_k(label, a.k_band_shares) / a.label_token_ratio  # completions per prefix, on average
     mc0_calls = a.problems * a.kept_fraction * label.mc0_samples if label.mc0 == "completer" else 0.0
     pb = label.processbench_max_records or 0
-    pb_calls = pb * (label.mc0_samples + a.steps * a.sampled_fraction * label.k_mid)
+    pb_calls = pb * (label.mc0_samples + a.steps * a.sampled_fraction * label.k_mid / a.label_token_ratio)
     teacher_calls = solutions * a.steps
     rows = [
         Row("rollout", rollout.policy.model, samples, samples * a.solution_tokens, 0.0),
