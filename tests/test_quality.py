@@ -122,6 +122,7 @@ def rationales_frame() -> pd.DataFrame:
     frame["code_timeouts"] = 0
     frame["parse_failed"] = False
     frame["kept"] = [True] * (len(frame) - 1) + [False]
+    frame["consensus"] = True
     frame["teacher"] = "program"
     return frame
 
@@ -254,7 +255,7 @@ CASES: list[tuple[str, str, Any, str, str]] = [
     ("kept rate out of bounds", "rationales", lambda f: f.assign(kept=[True] + [False] * 5),
      "expect_column_mean_to_be_between(column=kept)", "observed 0.166"),
     ("verdict disagrees with RPE on a kept path", "rationales", kept_disagreement,
-     f"{PAIR}(column_A=kept_verdicts, column_B=kept_labels)", "path_id='p0/1', step=1"),
+     f"{PAIR}(column_A=filtered_verdicts, column_B=kept_labels)", "path_id='p0/1', step=1"),
     ("rationale without code", "rationales", lambda f: corrupt(f, 0, "turns", [turn(0, True, False)] * 2),
      "expect_column_values_to_be_between(column=python_blocks)", "path_id='p0/0', step=0"),
     ("test problem leaked into rollouts", "rollouts", lambda f: corrupt(f, 5, "problem", f" {TEST_PROBLEM}"),

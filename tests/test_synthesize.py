@@ -117,6 +117,20 @@ def test_hard_label_ablation_compares_with_the_other_column(project: tuple[Path,
     assert metrics["kept"] == 24 and metrics["labels"] == "hard_labels"
 
 
+def test_without_the_consensus_filter_every_judged_path_trains(project: tuple[Path, dict[str, bool]]) -> None:
+    root, expect = project
+    metrics = synthesize.main(root / "params.yaml", [*OVERRIDES, "synthesize.consensus=false"])
+    assert metrics["kept"] == len(expect)  # the teacher judged every step of every path
+    direct = [json.loads(line) for line in (root / "out" / "sft_direct.jsonl").read_text().splitlines()]
+    disagreeing = [rec for rec in direct if not expect[rec["id"]]]
+    assert len(disagreeing) == 12
+    for rec in disagreeing:  # verdict-only turns carry the teacher's verdicts, not the noisy labels
+        verdicts = [parse_verdict(m["content"]) for m in rec["messages"] if m["role"] == "assistant"]
+        assert verdicts == rec["labels"] == [1] * len(verdicts)
+    rationales = pd.read_parquet(root / "out" / "rationales.parquet")
+    assert not rationales.consensus.any() and rationales.kept.all()
+
+
 def test_a_second_run_resumes_from_the_journal(project: tuple[Path, dict[str, bool]]) -> None:
     root, _ = project
     params = load_params(root / "params.yaml", OVERRIDES)

@@ -75,9 +75,10 @@ RATIONALE_SCHEMA: dict[str, Kind] = {
     "correct": "bool", "rpe_labels": "list", "hard_labels": "list", "labels": "list", "verdicts": "list",
     "turns": "list",
     "rounds": "list", "code_runs": "int", "code_errors": "int", "code_timeouts": "int",
-    "parse_failed": "bool", "kept": "bool", "teacher": "str",
+    "parse_failed": "bool", "kept": "bool", "consensus": "bool", "teacher": "str",
 }  # fmt: skip
-# `labels`: the step labels the consensus filter used (rpe_labels, or hard_labels in the ablation).
+# `labels`: the step labels the consensus filter used (rpe_labels, or hard_labels in the ablation);
+# `consensus`: whether the filter applied (false: the ablation keeps every fully judged path).
 RATIONALE_LISTS = ["steps", "rpe_labels", "hard_labels", "labels", "verdicts", "turns", "rounds"]
 
 
@@ -108,16 +109,21 @@ def rationale_steps(frame: pd.DataFrame) -> Batch:
     mask = steps["path_id"].isin(kept_ids)
     if "turns" in steps.columns:
         add_turn_columns(steps, "turns", mask)
-    for col in ("verdicts", "labels"):
-        if col in steps.columns:
-            steps[f"kept_{col}"] = steps[col].where(mask, None)
+    filtered = frame["consensus"].fillna(True).astype(bool) if "consensus" in frame.columns else None
+    agreeing = mask
+    if has_ids and filtered is not None:
+        agreeing = mask & steps["path_id"].isin(set(frame.loc[filtered, "path_id"]))
+    steps["kept_verdicts"] = steps["verdicts"].where(mask, None) if "verdicts" in steps.columns else None
+    if "labels" in steps.columns:  # a path the consensus filter kept has verdicts equal to its labels
+        steps["kept_labels"] = steps["labels"].where(agreeing, None)
+        steps["filtered_verdicts"] = steps["verdicts"].where(agreeing, None)
     rules = [
         in_set("rpe_labels", [0, 1]),
         in_set("hard_labels", [0, 1]),
         in_set("labels", [0, 1]),
         in_set("verdicts", [-1, 0, 1]),
         between("rounds", 0, None),
-        equal("kept_verdicts", "kept_labels"),
+        equal("filtered_verdicts", "kept_labels"),
         between("python_blocks", 1, None),
         equal("code_outputs", "python_blocks"),
         equal("turn_verdict", "kept_verdicts"),

@@ -60,7 +60,7 @@ RATIONALE_NEEDED = ("path_id", "problem_id", "problem", "gold_answer", "steps", 
 RATIONALE_COLUMNS = [
     "path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels",
     "labels", "verdicts", "turns", "rounds", "code_runs", "code_errors", "code_timeouts", "parse_failed",
-    "kept", "teacher",
+    "kept", "consensus", "teacher",
 ]  # fmt: skip
 
 # Only blanks after the colon: a newline there may begin the next marker ("Step 2:\nStep 3: ...").

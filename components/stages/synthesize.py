@@ -2,7 +2,8 @@
 
 For each path of the label table a teacher (``components/method/teachers.py``) writes a per-step critique
 whose code ran in the sandbox. A path is kept only if the teacher's verdict agrees with its step labels
-(RPE by default) on every step. Kept paths become TRL conversational SFT records in the paper's
+(RPE by default) on every step (``consensus: false``, the paper's ablation, keeps every fully judged
+path and trains on the teacher's verdicts). Kept paths become TRL conversational SFT records in the paper's
 multi-turn format (``sft.jsonl``) and in a "direct" variant whose assistant turns hold only the verdict
 (``sft_direct.jsonl``, the baseline). Every table is checked by the Great Expectations suites of
 ``components/data/quality.py`` before it is written. Progress is journalled per path, so a killed run
@@ -44,6 +45,11 @@ class SynthesizeConfig:
     sandbox: SandboxConfig = section(SandboxConfig, help="Limits for the teacher's code.")
     labels: Literal["rpe_labels", "hard_labels"] = option(
         "rpe_labels", help="The step labels the consensus filter compares the verdicts with."
+    )
+    consensus: bool = option(
+        True,
+        help="The consensus filter: keep a path only if the teacher's verdicts equal its labels on every "
+        "step (false: the paper's ablation, keep every path the teacher judged fully; its verdicts train).",
     )
     input: str = option("data/label/labels.parquet", help="The label table (training paths).")
     max_paths: int | None = option(None, help="Critique only the first this many paths (null: all).")
@@ -102,7 +108,10 @@ def rationale_record(row: Any, critique: Critique, cfg: SynthesizeConfig, teache
         "code_errors": sum(s in ("error", "killed") for s in statuses),
         "code_timeouts": sum(s == "timeout" for s in statuses),
         "parse_failed": -1 in critique.verdicts,
-        "kept": agrees(critique.verdicts, list(getattr(row, cfg.labels))),
+        "kept": agrees(critique.verdicts, list(getattr(row, cfg.labels)))
+        if cfg.consensus
+        else -1 not in critique.verdicts,
+        "consensus": cfg.consensus,
         "teacher": teacher,
     }
 
@@ -111,7 +120,8 @@ def sft_records(rationales: pd.DataFrame) -> tuple[list[dict[str, Any]], list[di
     """The kept paths as conversational SFT records: with the full rationales, and verdict-only (direct)."""
     full, direct = [], []
     for rec in rationales[rationales.kept].itertuples(index=False):
-        steps, step_labels = list(rec.steps), [int(v) for v in rec.labels]
+        # What the record teaches: the teacher's verdicts (the labels, where the consensus filter kept it).
+        steps, step_labels = list(rec.steps), [int(v) for v in rec.verdicts]
         base = {"id": rec.path_id, "problem_id": rec.problem_id, "labels": step_labels}
         full.append(base | {"messages": conversation(rec.problem, steps, list(rec.turns))})
         verdicts = [verdict_text(bool(v)) for v in step_labels]
