@@ -33,10 +33,10 @@ import pandas as pd
 
 from components.data import quality_suites as suites
 from components.data import quality_turns as turns
-from components.platform.config import option
-from components.platform.errors import ConfigError, DataError
 from components.data.quality_suites import Batch, Bounds, json_safe
 from components.data.records import normalize_text
+from components.platform.config import option
+from components.platform.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import pandas as pd
 
-from components.method.prompts import GENPRM_SYSTEM_PROMPT
 from components.data.quality_suites import (
     Batch,
     Bounds,
@@ -36,6 +35,7 @@ from components.data.quality_suites import (
     step_count_rule,
     unique,
 )
+from components.method.prompts import GENPRM_SYSTEM_PROMPT
 
 DIRECT_TURN = r"^<output>\n\*\*Judgement\*\*: \$\\boxed\{(?:Yes|No)\}\$\n</output>$"
 RATIONALE_TURN = r"(?s)^\s*<analyze>.*</analyze>\s*<verify>.*</verify>\s*<output>.*</output>\s*$"

@@ -56,7 +56,9 @@ LABEL_COLUMNS = [
 PROCESSBENCH_COLUMNS = [*LABEL_COLUMNS, "label"]
 
 # The synthesize stage's rationale table: one row per critiqued path.
-RATIONALE_NEEDED = ("path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels")
+RATIONALE_NEEDED = (
+    "path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels",
+)  # fmt: skip
 RATIONALE_COLUMNS = [
     "path_id", "problem_id", "problem", "gold_answer", "steps", "correct", "rpe_labels", "hard_labels",
     "labels", "verdicts", "turns", "rounds", "code_runs", "code_errors", "code_timeouts", "parse_failed",
