@@ -41,8 +41,10 @@ from tqdm import tqdm
 from components.backends.base import Backend, GenerationRequest, Sample, SamplingParams, derive_seed
 from components.method.prompts import GENPRM_SYSTEM_PROMPT
 from components.method.rationale import (
+    CODE_OPEN,
     CODE_STOP,
     VERDICT_PREFILL,
+    VERIFY_INTRO,
     after_last_output,
     code_blocks,
     code_output_block,
@@ -59,7 +61,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RewardSource = Literal["logprobs", "verdict_text", "none"]
+Phase = Literal["free", "analyze", "verify", "verdict"]
+Decoding = Literal["free", "paper"]
+Loop = Literal["continuous", "lockstep"]
 VERDICT_MAX_TOKENS = 16  # the forced verdict round: "{Yes}$\n</output>" and a little slack
+ANALYZE_STOP = "</analyze>\n"
+VERIFY_STOP = "</verify>"
+VERIFY_PREFILL = f"<verify>\n{VERIFY_INTRO}\n{CODE_OPEN}"
+
+
+def analyze_prefill(paragraph: int) -> str:
+    """The paper's prefill of a turn: ``<analyze>`` and the sentence naming the 1-based paragraph."""
+    return f"<analyze>\nLet's analyze the Paragraph {paragraph} step by step: "
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,8 @@ class CritiqueSettings:
     seed: int | None = None
     system: str = GENPRM_SYSTEM_PROMPT
     force_verdict: bool = True
+    decoding: Decoding = "free"
+    loop: Loop = "continuous"
 
     def sampling(self, seed: int | None = None) -> SamplingParams:
         return SamplingParams(
@@ -92,6 +107,17 @@ class CritiqueSettings:
     def verdict_sampling(self, seed: int | None = None) -> SamplingParams:
         """The forced verdict round: a few tokens after the verdict prefill."""
         return replace(self.sampling(seed), max_tokens=VERDICT_MAX_TOKENS, stop=["</output>"])
+
+    def phase_sampling(self, phase: Phase, seed: int | None = None) -> SamplingParams:
+        """The sampling of a chain's round in ``phase`` (see ``Chain.phase``)."""
+        if phase == "verdict":
+            return self.verdict_sampling(seed)
+        if phase == "analyze":
+            return replace(self.sampling(seed), stop=[ANALYZE_STOP])
+        if phase == "verify":
+            stops = [CODE_STOP, VERIFY_STOP] if self.execute else [VERIFY_STOP]
+            return replace(self.sampling(seed), stop=stops)
+        return self.sampling(seed)
 
 
 @dataclass
@@ -126,6 +152,11 @@ class Chain:
     """One critique conversation over one solution; ``turns`` fills up as it advances.
 
     ``seed``: the chain's own seed (None: ``run_chains`` derives one from ``settings.seed``).
+    ``phase``: what the next round writes. Free decoding: "free" (the model writes the turn on its
+    own, a round ends at a closing code fence) and "verdict" (the forced verdict round). Paper decoding
+    (``genprm_inference.py``): "analyze" (after the ``<analyze>`` prefill, up to ``</analyze>``),
+    "verify" (after the ``<verify>`` prefill that opens a code block, up to a closing fence or
+    ``</verify>``), then "verdict" after the ``<output>`` prefill.
     """
 
     problem: str
@@ -138,13 +169,30 @@ class Chain:
     tokens: int = 0
     session: Session | None = None
     calls: int = 0
-    forcing: bool = False
+    phase: Phase = "free"
+    decoding: Decoding = "free"
     pieces: list[_Piece] = field(default_factory=list)
     output_end: int = 0  # where the text after the last executed code output starts
 
     @property
     def done(self) -> bool:
         return len(self.turns) >= len(self.steps)
+
+    @property
+    def forcing(self) -> bool:
+        """Whether the next round writes the verdict after the ``<output>`` prefill."""
+        return self.phase == "verdict"
+
+    def start(self, decoding: Decoding) -> None:
+        """Open the first turn (paper decoding: with its ``<analyze>`` prefill)."""
+        self.decoding = decoding
+        self._open_turn()
+
+    def _open_turn(self) -> None:
+        if self.decoding == "paper" and not self.done:
+            self.text, self.phase = analyze_prefill(len(self.turns) + 1), "analyze"
+        else:
+            self.phase = "free"
 
     def request(self, system: str) -> GenerationRequest:
         """The conversation so far with the open assistant turn as the prefill, seeded for this round."""
@@ -156,34 +204,45 @@ class Chain:
         )
 
     def advance(self, sample: Sample, settings: CritiqueSettings, sandbox: Sandbox | None) -> None:
-        """Take one generated piece: run the code it opened, or close the turn."""
+        """Take one generated piece: run the code it opened, prefill the next part, or close the turn."""
         self.calls += 1
         self.tokens += sample.num_generated_tokens
         self.pieces.append(_Piece(len(self.text), sample))
         self.text += sample.text
-        if self.forcing:
+        if self.phase == "verdict":
             if "</output>" not in sample.text:
                 self.text += "</output>"
             self._close_turn(forced=True)
             return
+        if self.phase == "analyze":
+            self.text += ("" if self.text.endswith("\n") else "\n") + ANALYZE_STOP
+            if settings.execute and settings.max_rounds == 0:
+                self._open_verdict()
+            else:
+                self.text, self.phase = self.text + VERIFY_PREFILL, "verify"
+            return
         code = open_code(self.text) if settings.execute and sample.finish_reason == "stop" else None
         if code is not None and self.rounds < settings.max_rounds:
-            self.rounds += 1
-            self.text += CODE_STOP
-            if sandbox is not None:
-                if self.session is None:
-                    self.session = sandbox.session()
-                result = self.session.run(code)
-                self.statuses.append(result.status)
-                self.text += code_output_block(execution_text(result))
-                self.output_end = len(self.text)
+            self._run(code, sandbox)
             return
         if not settings.execute:
             self.rounds = len(code_blocks(self.text))
-        if settings.force_verdict and self._verdict() is None:
+        if self.phase == "verify" or (settings.force_verdict and self._verdict() is None):
             self._open_verdict()
             return
         self._close_turn(forced=False)
+
+    def _run(self, code: str, sandbox: Sandbox | None) -> None:
+        """Close the code block, run it in the chain's session and append its output."""
+        self.rounds += 1
+        self.text += CODE_STOP
+        if sandbox is not None:
+            if self.session is None:
+                self.session = sandbox.session()
+            result = self.session.run(code)
+            self.statuses.append(result.status)
+            self.text += code_output_block(execution_text(result))
+            self.output_end = len(self.text)
 
     def _open_verdict(self) -> None:
         """Close what the turn left open and prefill the verdict (the next round writes it)."""
@@ -196,7 +255,7 @@ class Chain:
         if text and not text.endswith("\n"):
             text += "\n"
         self.text = text + VERDICT_PREFILL
-        self.forcing = True
+        self.phase = "verdict"
 
     def _verdict(self) -> tuple[int, _Piece] | None:
         """The last verdict the model itself wrote after the last code output, and the piece holding it."""
@@ -227,7 +286,8 @@ class Chain:
             TurnResult(self.text, verdict, self.rounds, self.statuses, reward, source, self.tokens, forced)
         )
         self.text, self.rounds, self.statuses, self.tokens = "", 0, [], 0
-        self.pieces, self.forcing, self.output_end = [], False, 0
+        self.pieces, self.output_end = [], 0
+        self._open_turn()
         if self.done:
             self.close()
 
@@ -245,55 +305,25 @@ def run_chains(
     threads: int = 4,
     desc: str = "critique",
 ) -> None:
-    """Advance every chain to its end, one batched generation call per round (two when some chains are
-    in their forced verdict round).
+    """Advance every chain to its end (``settings.loop`` picks how; see ``components/method/loops.py``).
 
-    Each chain holds a sandbox session from its first code block to its end, so chains run in groups of
-    at most ``sandbox.config.max_sessions``: more would wait for a session that only a finished chain
-    frees, while every chain waits for the next generation round. A chain without a seed gets
-    ``derive_seed(settings.seed, its index in chains)``.
+    A chain without a seed gets ``derive_seed(settings.seed, its index in chains)``; each round of a
+    chain is seeded ``derive_seed(chain seed, round)`` whichever loop runs it.
     """
+    from components.method.loops import run_continuous, run_lockstep, supports_continuous
+
     for index, chain in enumerate(chains):
         if chain.seed is None:
             chain.seed = derive_seed(settings.seed, index)
+        chain.start(settings.decoding)
     total = sum(len(chain.steps) for chain in chains)
-    group = sandbox.config.max_sessions if sandbox is not None else max(1, len(chains))
-    rounds = 0
+    continuous = settings.loop == "continuous" and supports_continuous(backend)
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, tqdm(total=total, desc=desc) as bar:
-            for start in range(0, len(chains), group):
-                rounds += _run_group(backend, chains[start : start + group], settings, sandbox, pool, bar)
+            run = run_continuous if continuous else run_lockstep
+            calls = run(backend, chains, settings, sandbox, pool, bar)
     finally:
         for chain in chains:
             chain.close()
-    log.info("%s: %d chains, %d steps in %d generation rounds", desc, len(chains), total, rounds)
-
-
-def _run_group(
-    backend: Backend,
-    chains: list[Chain],
-    settings: CritiqueSettings,
-    sandbox: Sandbox | None,
-    pool: ThreadPoolExecutor,
-    bar: tqdm,
-) -> int:
-    """Lockstep rounds over ``chains`` until all are done; returns the number of rounds."""
-    round_ = 0
-    while active := [chain for chain in chains if not chain.done]:
-        seed = derive_seed(settings.seed, "round", round_)
-        before = sum(len(c.turns) for c in active)
-        for forcing in (False, True):
-            batch = [c for c in active if c.forcing == forcing]
-            if not batch:
-                continue
-            params = settings.verdict_sampling(seed) if forcing else settings.sampling(seed)
-            results = backend.generate([c.request(settings.system) for c in batch], params)
-            samples = [result.samples[0] for result in results]
-            list(
-                pool.map(
-                    lambda pair: pair[0].advance(pair[1], settings, sandbox), zip(batch, samples, strict=True)
-                )
-            )
-        bar.update(sum(len(c.turns) for c in active) - before)
-        round_ += 1
-    return round_
+    loop = "continuous" if continuous else "lockstep"
+    log.info("%s: %d chains, %d steps, %s loop, %d generation calls", desc, len(chains), total, loop, calls)

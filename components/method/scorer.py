@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from components.backends.base import BackendConfig, derive_seed, make_backend
-from components.method.critique import Chain, CritiqueSettings, run_chains
+from components.method.critique import Chain, CritiqueSettings, Decoding, Loop, run_chains
 from components.platform.config import option, section
 from components.platform.errors import ConfigError
 from components.sandbox import SandboxConfig
@@ -72,6 +72,19 @@ class ScorerConfig:
         "counts as correct). Samples without a verdict are left out of a step's Maj@N mean.",
     )
     threads: int = option(4, help="Threads running code blocks between generation rounds.")
+    decoding: Decoding = option(
+        "free",
+        help="free: the model writes each turn on its own (a round ends at a closing code fence; a turn "
+        "without a verdict gets the forced verdict round). paper: the paper's genprm_inference.py: "
+        "prefill '<analyze>' with 'Let's analyze the Paragraph k step by step: ' (stop at "
+        "'</analyze>'), prefill '<verify>' and the opening code fence (stop at the closing fence, run, "
+        "continue to '</verify>'), then prefill '<output>\\n**Judgement**: $\\boxed' for every verdict.",
+    )
+    loop: Loop = option(
+        "continuous",
+        help="continuous: continuous batching with KV reuse across rounds (hf backend; other backends "
+        "fall back to lockstep). lockstep: every open chain takes one round per batched generate call.",
+    )
     sandbox: SandboxConfig = section(SandboxConfig, help="Limits for the model's code.")
 
     def __post_init__(self) -> None:
@@ -171,6 +184,8 @@ class GenPRMScorer:
             execute=self.cfg.execute if execute is None else execute,
             logprobs=self.cfg.logprobs or None,
             seed=self.cfg.seed,
+            decoding=self.cfg.decoding,
+            loop=self.cfg.loop,
         )
 
     def score(
