@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from components.backends.base import BackendConfig, make_backend
+from components.method.critique import Loop
 from components.method.processbench import load_subset
 from components.method.scorer import GenPRMScorer, ScoredSolution, ScorerConfig
 from components.platform.config import build_config
 from components.sandbox import Sandbox, SandboxConfig
 
-LOOPS = ("lockstep", "continuous")
+LOOPS: tuple[Loop, Loop] = ("lockstep", "continuous")
 
 
 def run_once(

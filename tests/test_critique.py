@@ -23,8 +23,14 @@ from components.backends.base import (
     SamplingParams,
     TokenLogprob,
 )
-from components.method.critique import Chain, CritiqueSettings, run_chains
-from components.method.rationale import CODE_STOP, VERDICT_PREFILL
+from components.method.critique import (
+    VERIFY_PREFILL,
+    Chain,
+    CritiqueSettings,
+    analyze_prefill,
+    run_chains,
+)
+from components.method.rationale import CODE_STOP, VERDICT_PREFILL, format_turn
 from components.method.scorer import (
     NO_VERDICT_REWARD,
     GenPRMScorer,
@@ -277,3 +283,65 @@ def test_more_chains_than_open_sessions_run_in_groups() -> None:
     assert [[t.verdict for t in c.turns] for c in chains] == [
         [int(i % 2 == 0), int(i % 2 == 1)] for i in range(10)
     ]
+
+
+def paper_model(user: str, prefill: str) -> str:
+    """Follows the paper's prefills: analysis, then code, then the verdict from the code's output."""
+    if prefill.endswith(VERDICT_PREFILL):
+        output = re.findall(r"\[Code Output\]\n\n```\n(.*?)\n```", prefill, re.DOTALL)[-1]
+        return "{Yes}$\n</output>" if output == "True" else "{No}$\n</output>"
+    if prefill.endswith("```\n"):  # after the code output: the model closes the block
+        return "</verify>\n<output>\n**Judgement**: $\\boxed{Yes}$"
+    if prefill.endswith(VERIFY_PREFILL):
+        step = user.splitlines()[-1]
+        return f"print({step})" + CODE_STOP + "[Code Output] imagined"
+    assert prefill.endswith("step by step: ")
+    return "It adds up.\n</analyze>\n<verify>\nnever seen"
+
+
+class RecordingBackend(ScriptedBackend):
+    """A ScriptedBackend that keeps the sampling params of every call."""
+
+    def __init__(self, script: Script) -> None:
+        super().__init__(script)
+        self.params: list[SamplingParams] = []
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        self.params.append(params)
+        return super().generate(requests, params)
+
+
+def test_paper_decoding_prefills_give_the_training_format(sandbox: Sandbox) -> None:
+    backend = RecordingBackend(paper_model)
+    chain = Chain("Problem", ["1 + 1 == 2", "2 + 2 == 5"])
+    run_chains(backend, [chain], CritiqueSettings(decoding="paper", max_rounds=2), sandbox)
+    assert [t.verdict for t in chain.turns] == [1, 0]
+    for k, (turn, step) in enumerate(zip(chain.turns, chain.steps, strict=True), start=1):
+        output = "True" if k == 1 else "False"
+        expected = format_turn(k, "It adds up.", [(f"print({step})", output)], k == 1)
+        assert turn.text == expected  # byte for byte the text the teacher writes for SFT
+        assert turn.rounds == 1 and turn.statuses == ["ok"] and turn.forced
+    assert analyze_prefill(2) == "<analyze>\nLet's analyze the Paragraph 2 step by step: "
+    stops = [p.stop for p in backend.params]  # analyze, verify, continue after the output, verdict
+    assert stops[:4] == [["</analyze>\n"], [CODE_STOP, "</verify>"], [CODE_STOP, "</verify>"], ["</output>"]]
+    assert backend.calls == 8
+
+
+def test_paper_decoding_stops_at_max_rounds_and_without_execution(sandbox: Sandbox) -> None:
+    def coder(user: str, prefill: str) -> str:
+        if prefill.endswith(VERDICT_PREFILL):
+            return "{No}$\n</output>"
+        if prefill.endswith("step by step: "):
+            return "ok\n</analyze>\n"
+        opening = "" if prefill.endswith(VERIFY_PREFILL) else "```python\n"  # after an output: another
+        return opening + "x = 1\nprint(x)" + CODE_STOP
+
+    chain = Chain("Problem", ["a"])
+    run_chains(ScriptedBackend(coder), [chain], CritiqueSettings(decoding="paper", max_rounds=2), sandbox)
+    [turn] = chain.turns
+    assert turn.rounds == 2 and turn.statuses == ["ok", "ok"] and turn.verdict == 0
+    assert turn.text.count("[Code Output]") == 2
+    assert turn.text.endswith("x = 1\nprint(x)\n```\n</verify>\n" + VERDICT_PREFILL + "{No}$\n</output>")
+    nocode = Chain("Problem", ["a"])
+    run_chains(ScriptedBackend(coder), [nocode], CritiqueSettings(decoding="paper", execute=False), sandbox)
+    assert nocode.turns[0].statuses == [] and nocode.turns[0].verdict == 0
