@@ -269,12 +269,6 @@ class HFBackend(Backend):
             samples.update(zip(chunk, batch, strict=True))
         return [GenerationResult([samples[(r, s)] for s in range(params.n)]) for r in range(len(requests))]
 
-    def engine(self, slots: int) -> Any:
-        """A continuous-batching engine on this model, ``slots`` rows (``components/backends/engine.py``)."""
-        from components.backends.engine import Engine
-
-        return Engine(self, slots)
-
     def close(self) -> None:
         """Drop the model so its memory can be freed."""
         self.model = None

@@ -6,8 +6,17 @@ sandbox session (so the namespace persists across the steps of the solution), ``
 output are appended, and generation goes on, at most ``max_rounds`` executions per step. The verdict ends
 the turn; the next step's user turn follows.
 
-:func:`run_chains` advances many chains in lockstep, one batched ``Backend.generate`` call per round, and
-runs their code in a thread pool (the sandbox bounds how many snippets execute at once).
+:func:`run_chains` advances many chains together; ``settings.loop`` picks the scheduler
+(``components/method/loops.py``): ``continuous`` (the default, on a backend with a continuous-batching
+engine: hf) keeps one engine slot per open chain, runs a chain's code in a thread pool while the others
+decode and reuses the KV of its earlier rounds; ``lockstep`` (every other backend) takes one batched
+``Backend.generate`` call per round. The sandbox bounds how many snippets execute at once.
+
+Decoding (``settings.decoding``). ``free``: the model writes each turn on its own. ``paper``: the turn is
+built from the paper's prefills (``genprm_inference.py``, DESIGN.md §3): :func:`analyze_prefill` (stop at
+``</analyze>``), ``VERIFY_PREFILL`` opening the code block (stop at the closing fence or ``</verify>``;
+the code runs and generation continues, at most ``max_rounds`` executions), then the verdict prefill
+for every turn. The prefills are the very strings the SFT turns hold (``rationale.format_turn``).
 
 Reading the verdict. The chain keeps apart the text the model generated and the text the loop wrote (code
 outputs, prefills), and reads the verdict only from the model's own words after the last code output, and

@@ -9,7 +9,7 @@ in what waits for what.
   round lasts as long as its slowest chain, the batch shrinks as chains finish, and every round
   re-encodes every conversation. Chains run in groups of at most ``sandbox.config.max_sessions`` (each
   keeps its session until its end).
-- ``run_continuous`` (a backend with an ``engine``: hf): a continuous-batching engine
+- ``run_continuous`` (the hf backend): a continuous-batching engine
   (``components/backends/engine.py``) holds one slot per open chain; a chain whose round ends gets its
   code run in the pool while the others decode, and its next round is submitted one decode step
   later (a fixed lag, so the schedule, and with it every result, does not depend on thread timing); a
@@ -20,11 +20,12 @@ in what waits for what.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from components.backends.base import derive_seed
 
 if TYPE_CHECKING:
+    from collections.abc import Hashable
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from tqdm import tqdm
@@ -35,8 +36,10 @@ if TYPE_CHECKING:
 
 
 def supports_continuous(backend: Backend) -> bool:
-    """Whether ``backend`` offers a continuous-batching engine (``backend.engine(slots)``)."""
-    return callable(getattr(backend, "engine", None))
+    """Whether ``backend`` runs its model in this process with transformers (the engine needs it)."""
+    from components.backends.hf import HFBackend
+
+    return isinstance(backend, HFBackend)
 
 
 def run_lockstep(
@@ -93,9 +96,11 @@ def run_continuous(
     slots = max(1, int(getattr(getattr(backend, "cfg", None), "batch_size", 32)))
     if sandbox is not None:
         slots = min(slots, sandbox.config.max_sessions)
-    engine: Any = backend.engine(min(slots, len(chains)) or 1)  # type: ignore[attr-defined]
+    from components.backends.engine import Engine
+
+    engine = Engine(backend, min(slots, len(chains)) or 1)  # type: ignore[arg-type]
     pending = deque(chains)
-    keys = {id(chain): chain for chain in chains}
+    keys: dict[Hashable, Chain] = {id(chain): chain for chain in chains}
     running: list[tuple[Chain, Future[None], int]] = []
     steps = 0
 
