@@ -321,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
                     for kind, units in sets.items()
                     if mode != "naive" or kind == "rollout"
                 }
+                done = {k: (r.calls, r.tokens, round(r.seconds, 1)) for k, r in runs[name].items()}
+                print(f"done: {name}: (calls, generated tokens, seconds) {done}", flush=True)
             report(runs, gold)
             if args.check_problems:
                 exact_check(backend, cfg, sets["rollout"][: args.check_problems])
