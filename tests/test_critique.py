@@ -295,8 +295,8 @@ def paper_model(user: str, prefill: str) -> str:
     if prefill.endswith(VERIFY_PREFILL):
         step = user.splitlines()[-1]
         return f"print({step})" + CODE_STOP + "[Code Output] imagined"
-    assert prefill.endswith("step by step: ")
-    return "It adds up.\n</analyze>\n<verify>\nnever seen"
+    assert prefill.endswith("step by step:")  # no trailing space: the model writes it with the next word
+    return " It adds up.\n</analyze>\n<verify>\nnever seen"
 
 
 class RecordingBackend(ScriptedBackend):
@@ -321,7 +321,7 @@ def test_paper_decoding_prefills_give_the_training_format(sandbox: Sandbox) -> N
         expected = format_turn(k, "It adds up.", [(f"print({step})", output)], k == 1)
         assert turn.text == expected  # byte for byte the text the teacher writes for SFT
         assert turn.rounds == 1 and turn.statuses == ["ok"] and turn.forced
-    assert analyze_prefill(2) == "<analyze>\nLet's analyze the Paragraph 2 step by step: "
+    assert analyze_prefill(2) == "<analyze>\nLet's analyze the Paragraph 2 step by step:"
     stops = [p.stop for p in backend.params]  # analyze, verify, continue after the output, verdict
     assert stops[:4] == [["</analyze>\n"], [CODE_STOP, "</verify>"], [CODE_STOP, "</verify>"], ["</output>"]]
     assert backend.calls == 8
@@ -331,8 +331,8 @@ def test_paper_decoding_stops_at_max_rounds_and_without_execution(sandbox: Sandb
     def coder(user: str, prefill: str) -> str:
         if prefill.endswith(VERDICT_PREFILL):
             return "{No}$\n</output>"
-        if prefill.endswith("step by step: "):
-            return "ok\n</analyze>\n"
+        if prefill.endswith("step by step:"):
+            return " ok\n</analyze>\n"
         opening = "" if prefill.endswith(VERIFY_PREFILL) else "```python\n"  # after an output: another
         return opening + "x = 1\nprint(x)" + CODE_STOP
 

@@ -80,8 +80,13 @@ VERIFY_PREFILL = f"<verify>\n{VERIFY_INTRO}\n{CODE_OPEN}"
 
 
 def analyze_prefill(paragraph: int) -> str:
-    """The paper's prefill of a turn: ``<analyze>`` and the sentence naming the 1-based paragraph."""
-    return f"<analyze>\nLet's analyze the Paragraph {paragraph} step by step: "
+    """The paper's prefill of a turn: ``<analyze>`` and the sentence naming the 1-based paragraph.
+
+    Without the paper's trailing space: BPE tokenizers write it fused with the next word (`` The``), so
+    a prompt ending in a lone space token is one the model never saw in training (the small world's
+    GenPRM answered it with a digit, "step by step: 1 step by step: ..."). The model writes the space.
+    """
+    return f"<analyze>\nLet's analyze the Paragraph {paragraph} step by step:"
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ class ScorerConfig:
         "free",
         help="free: the model writes each turn on its own (a round ends at a closing code fence; a turn "
         "without a verdict gets the forced verdict round). paper: the paper's genprm_inference.py: "
-        "prefill '<analyze>' with 'Let's analyze the Paragraph k step by step: ' (stop at "
+        "prefill '<analyze>' with 'Let's analyze the Paragraph k step by step:' (the paper's trailing space "
+        "left to the model, which writes it fused with the next word; stop at "
         "'</analyze>'), prefill '<verify>' and the opening code fence (stop at the closing fence, run, "
         "continue to '</verify>'), then prefill '<output>\\n**Judgement**: $\\boxed' for every verdict.",
     )
