@@ -268,15 +268,16 @@ def candidate_table(scorer: Any, problems: list[Any], paths: list[list[Any]], ta
     ]
 
 
-def best_of_n(cfg: BenchmarkConfig, per_problem: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
-    """Accuracy vs N for every selector on every problem set; fills ``per_problem`` with each
-    selector's per-problem score at the largest N (for the confidence intervals)."""
+def best_of_n(cfg: BenchmarkConfig) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]]]:
+    """Accuracy vs N for every selector on every problem set, and each selector's per-problem score at
+    the largest N (for the confidence intervals)."""
     from components.method.bestofn import SELECTORS, accuracy, select
     from components.method.scorer import GenPRMScorer
 
     sets = bon_problem_sets(cfg.best_of_n)
     sampled = {name: sample_solutions(cfg.best_of_n, problems) for name, problems in sets.items()}
     results: dict[str, Any] = {}
+    per_problem: dict[str, dict[str, list[float]]] = {}
     largest = max(cfg.best_of_n.n_values)
     vote = cfg.best_of_n.vote_score
     with GenPRMScorer(cfg.genprm) as scorer:
@@ -289,7 +290,7 @@ def best_of_n(cfg: BenchmarkConfig, per_problem: dict[str, dict[str, list[float]
             per_problem[name] = {
                 sel: [select(row[:largest], sel, vote) for row in table] for sel in SELECTORS
             }
-    return results
+    return results, per_problem
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -377,8 +378,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
         teacher_cfg = load_value(params_path, overrides, "synthesize.teacher", TeacherConfig)
         processbench["teacher"], teacher_rows = score_teacher(cfg, teacher_cfg)
         rows += teacher_rows
-    per_problem: dict[str, dict[str, list[float]]] = {}
-    bon = best_of_n(cfg, per_problem)
+    bon, per_problem = best_of_n(cfg)
     metrics = as_percent({"processbench": strip_predictions(processbench), "best_of_n": bon})
     metrics["intervals"] = benchmark_intervals(cfg, processbench, per_problem)
     genprm = metrics["processbench"]["genprm"]
