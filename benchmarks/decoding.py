@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--decodings", default="free,paper", help="comma-separated: free, paper")
     args = parser.parse_args()
     import torch
 
@@ -40,7 +41,7 @@ def main() -> None:
     base = ScorerConfig(model=model, temperature=args.temperature, seed=args.seed)
     backend = make_backend(model)
     with backend, Sandbox(SandboxConfig(timeout_s=5.0, workers=2)) as sandbox:
-        for decoding in ("free", "paper"):
+        for decoding in args.decodings.split(","):
             scorer = GenPRMScorer(replace(base, decoding=decoding), backend=backend, sandbox=sandbox)
             start = time.perf_counter()
             scored = scorer.score([(r.problem, r.steps) for r in records], desc=decoding)

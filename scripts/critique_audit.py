@@ -5,7 +5,8 @@ per system and record: the steps' critiques of each sample). For every step that
 ``a op b = c`` this script checks three things the critique format asks of the model:
 
 - the analysis names the claim (``The paragraph claims a op b = c``) with the step's own numbers;
-- the code checks that very claim (``check = a op b == c``);
+- the code checks that very claim (``print(a op b == c)``, or ``check = a op b == c`` in the provenance
+  code style);
 - the verdict follows the code's printed output (``False`` printed -> No, otherwise Yes).
 
 A model that follows its output but copies wrong numbers into its code says No to right steps: that is
@@ -26,7 +27,7 @@ from pathlib import Path
 
 CLAIM = re.compile(r"(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)")
 ANALYSIS_CLAIM = re.compile(r"claims\s+(\d+\s*[-+*/]\s*\d+\s*=\s*\d+)")
-CODE_CHECK = re.compile(r"check\s*=\s*(\d+\s*[-+*/]\s*\d+)\s*==\s*(\d+)")
+CODE_CHECK = re.compile(r"(?:check\s*=\s*|print\()(\d+\s*[-+*/]\s*\d+)\s*==\s*(\d+)")
 VERDICT = re.compile(r"\\boxed\{(Yes|No)\}")
 
 

@@ -40,6 +40,7 @@ from components.stages.bootstrap import (
     tokenizer_corpus,
 )
 from components.stages.prepare import main as prepare_main
+from components.world.criticbase import CriticBaseConfig
 from components.world.pretrain import PAD_MULTIPLE, Example, collate, encode_example
 from components.world.skills import SKILLS_SYSTEM_PROMPT, skill_document
 from components.world.smallmodel import IM_END, IM_START, PAD, ModelConfig, train_tokenizer
@@ -58,6 +59,7 @@ def tiny_config(bf16: bool = False, **changes: Any) -> BootstrapConfig:
         "model": TINY_MODEL,
         "train": TrainConfig(steps=30, batch_size=8, warmup_steps=5, log_every=10, bf16_autocast=bf16),
         "eval": EvalConfig(num_problems=10, max_new_tokens=60, batch_size=10),
+        "critic": CriticBaseConfig(steps=10, batch_size=8, warmup_steps=2, corpus_size=100, probe_problems=8),
     }
     return BootstrapConfig(**{**settings, **changes})
 
@@ -270,9 +272,9 @@ def test_held_out_texts_missing_file_names_it(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module", params=[False, True], ids=["fp32", "bf16-autocast"])
 def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    """``run`` on the tiny config: (metrics, saved model dir)."""
+    """``run`` on the tiny config: (metrics, saved policy dir); the GenPRM base is saved beside it."""
     out_dir = tmp_path_factory.mktemp("policy") / "policy"
-    metrics = run(tiny_config(bf16=request.param), WORLD, set(), out_dir)
+    metrics = run(tiny_config(bf16=request.param), WORLD, set(), out_dir, out_dir.with_name("base"))
     return metrics, out_dir
 
 
@@ -311,6 +313,10 @@ def test_run_loss_goes_down_and_metrics_in_range(trained: tuple[dict, Path]) -> 
     assert metrics["parameters"] > 0
     assert metrics["corpus_size"] == 300
     assert metrics["eval_temperature"] == 0.7
+    # The GenPRM base: 10 more steps on skill documents, measured beside the policy on the claim probe.
+    assert [step for step, _ in metrics["critic_loss_curve"]] == [10]
+    for key in ("claim_copy_policy", "claim_copy_base"):
+        assert 0.0 <= metrics[key] <= 1.0
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -330,11 +336,14 @@ def test_main_end_to_end(workdir: Path) -> None:
     # The held-out problems (test split, ProcessBench) were kept out of the training corpus.
     assert written["corpus_size"] <= 300
     curve = json.loads((workdir / "plots" / "bootstrap_loss.json").read_text())
-    assert [p["step"] for p in curve] == [5, 10, 15, 20]
+    assert [p["step"] for p in curve] == [5, 10, 15, 20, 30]
+    assert [p["phase"] for p in curve] == ["policy"] * 4 + ["critic_base"]
+    assert (workdir / "models" / "base" / "config.json").exists()
     assert all(isinstance(p["loss"], float) for p in curve)
     # A second run replaces the model directory cleanly.
     main(Path("params.yaml"), TINY_OVERRIDES)
     assert (policy / "config.json").exists() and not (workdir / "models" / "policy.partial").exists()
+    assert not (workdir / "models" / "base.partial").exists()
 
 
 def test_main_without_prepared_data_names_the_file(workdir: Path) -> None:

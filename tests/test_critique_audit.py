@@ -48,3 +48,10 @@ def test_the_script_reads_the_benchmark_tables(tmp_path: Path, capsys) -> None: 
     out = capsys.readouterr().out
     assert out.startswith("genprm: {'steps': 1, 'analysis_copies_claim': 100.0") and "teacher" not in out
     assert critique_audit.main(["--scores", str(tmp_path / "absent.parquet"), "--data", str(data)]) == 2
+
+
+def test_the_claim_code_style_counts_as_a_copy() -> None:
+    printed = format_turn(1, "The paragraph claims 7 - 3 = 4.", [("print(7 - 3 == 4)", "True")], True)
+    miscopied = format_turn(1, "The paragraph claims 7 - 3 = 4.", [("print(7 - 2 == 4)", "False")], False)
+    result = critique_audit.audit([([STEP, STEP], [printed, miscopied])])
+    assert result.rates()["code_copies_claim"] == 50.0

@@ -72,6 +72,7 @@ def project(tmp_path: Path, repo_root: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 OVERRIDES = [
+    "synthesize.consensus=true",
     "synthesize.input=data/labels.parquet",
     "synthesize.output_dir=out",
     "synthesize.chunk_size=8",

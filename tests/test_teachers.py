@@ -20,9 +20,21 @@ from components.world.synthetic import (
 
 
 @pytest.fixture(scope="module")
-def teacher() -> ProgramTeacher:
-    with Sandbox(SandboxConfig(workers=2)) as box:
-        yield ProgramTeacher(box, threads=2)
+def box() -> Sandbox:
+    with Sandbox(SandboxConfig(workers=2)) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def teacher(box: Sandbox) -> ProgramTeacher:
+    """The provenance code style (checks operands too)."""
+    return ProgramTeacher(box, threads=2, code_style="provenance")
+
+
+@pytest.fixture(scope="module")
+def claim_teacher(box: Sandbox) -> ProgramTeacher:
+    """The default claim code style."""
+    return ProgramTeacher(box, threads=2)
 
 
 def test_code_for_a_step_recomputes_and_checks_provenance() -> None:
@@ -34,6 +46,38 @@ def test_code_for_a_step_recomputes_and_checks_provenance() -> None:
     assert "check = 7 - 3 == 4" in code and "source = {7, 3} <= known" in code
     _, final = step_code(problem, "So 4 liters. The answer is \\boxed{4}.", first=False)
     assert "answer 4 is a verified result" in final and "known =" not in final
+
+
+def test_claim_style_prints_each_claim_once() -> None:
+    step = "After giving up 3, Max has 54 - 3 = 51 marbles. Check: 51 + 3 = 56."
+    analysis, code = step_code("Max has 54 marbles.", step, first=True, style="claim")
+    assert analysis.startswith("The paragraph claims 54 - 3 = 51 and 51 + 3 = 56.")
+    assert code == "print(54 - 3 == 51)\nprint(51 + 3 == 56)"
+    _, nothing = step_code("x", "So far so good.", first=False, style="claim")
+    assert nothing == 'print("no calculation to check")'
+
+
+def test_claim_style_catches_arithmetic_errors_only(claim_teacher: ProgramTeacher) -> None:
+    rng = random.Random(0)
+    cfg = SyntheticConfig()
+    cases = []
+    for p in generate_problems(cfg, 40, seed=5):
+        index = rng.randrange(len(p.operations))
+        for kind in ("arithmetic", "operand"):
+            steps = inject_error(p, rng, cfg, kind, index)  # type: ignore[arg-type]
+            if steps is not None:
+                cases.append((steps, index, kind, p))
+    critiques = claim_teacher.critique([(problem_text(p), steps) for steps, _, _, p in cases])
+    outcomes: Counter = Counter()
+    for (_, index, kind, _), critique in zip(cases, critiques, strict=True):
+        assert all(len(code_blocks(t)) == 1 and "known" not in t for t in critique.turns)
+        first_no = critique.verdicts.index(0) if 0 in critique.verdicts else -1
+        outcomes[(kind, first_no)] += 1
+        if kind == "arithmetic":
+            assert first_no == index, critique.turns
+        else:  # the arithmetic of a wrong operand is right: only the provenance style sees it
+            assert first_no == -1, critique.turns
+    assert outcomes.total() == len(cases) and len(cases) > 40
 
 
 def test_judge_output() -> None:

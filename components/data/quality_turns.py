@@ -101,6 +101,13 @@ def rationales(frame: pd.DataFrame, bounds: Bounds) -> list[Batch]:
     return [Batch("rows", view, rules, key_of(view, "path_id")), rationale_steps(frame)]
 
 
+def through_first_error(steps: pd.DataFrame) -> pd.Series:
+    """Per exploded step: whether it is at or before its path's first step labelled 0."""
+    wrong = steps["step"].where(steps["labels"] == 0)
+    first = wrong.groupby(steps["path_id"]).transform("min")
+    return first.isna() | (steps["step"] <= first)
+
+
 def rationale_steps(frame: pd.DataFrame) -> Batch:
     """Per step: labels and verdicts in range; on kept paths the verdict agrees and the turn ran its code."""
     steps = explode(frame, "path_id", RATIONALE_LISTS[1:])
@@ -114,7 +121,8 @@ def rationale_steps(frame: pd.DataFrame) -> Batch:
     if has_ids and filtered is not None:
         agreeing = mask & steps["path_id"].isin(set(frame.loc[filtered, "path_id"]))
     steps["kept_verdicts"] = steps["verdicts"].where(mask, None) if "verdicts" in steps.columns else None
-    if "labels" in steps.columns:  # a path the consensus filter kept has verdicts equal to its labels
+    if "labels" in steps.columns:  # a path the consensus filter kept has the verdicts of its labels
+        agreeing = agreeing & through_first_error(steps)  # up to its first error (later steps: any verdict)
         steps["kept_labels"] = steps["labels"].where(agreeing, None)
         steps["filtered_verdicts"] = steps["verdicts"].where(agreeing, None)
     rules = [

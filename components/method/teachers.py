@@ -3,11 +3,18 @@
 Two implementations behind one interface, picked from the plain dict ``TEACHERS``:
 
 - ``program``: reads only the problem text and the steps (never the generator's hidden truth). For each
-  step it writes Python that recomputes every arithmetic claim and checks that each operand is a number
-  from the problem or a result verified in an earlier paragraph, runs it in the sandbox (one session per
-  solution: the set of known values carries across steps), and judges the step from the printed output.
-  It misses logic errors that keep the arithmetic and the operands right (e.g. a wrong operation), as real
-  teachers do; the consensus filter against the RPE labels catches those.
+  step it writes Python that recomputes every arithmetic claim, runs it in the sandbox, and judges the
+  step from the printed output. Two code styles (``code_style``):
+
+  - ``claim``: one ``print(a op b == c)`` per claim, so each number of the step is copied once into
+    the code and the output the verdict rests on is a lone ``True``/``False`` just above it;
+  - ``provenance``: also checks that each operand is a number from the problem or a result verified in
+    an earlier paragraph (one session per solution: the set of known values carries across steps). It
+    catches a wrong operand, at the price of copying the problem's numbers and every operand two or
+    three more times, which a small GenPRM gets wrong (see README, "How good the small-world GenPRM is").
+
+  Both miss logic errors that keep the arithmetic right (e.g. a wrong operation), as real teachers do; the
+  consensus filter against the RPE labels catches those.
 - ``llm``: the paper's prompt through any generation backend, with the execute-and-continue loop of
   ``components/method/critique.py``. A step without a parseable verdict is recorded as -1 and the solution is
   dropped by the filter, never guessed.
@@ -55,6 +62,11 @@ class TeacherConfig:
 
     kind: Literal["program", "llm"] = option(
         "program", help="program: the offline code teacher; llm: a model."
+    )
+    code_style: Literal["claim", "provenance"] = option(
+        "claim",
+        help="program only: claim (print(a op b == c) per claim) | provenance (also checks each operand "
+        "is a problem number or an earlier verified result; three times the copying)",
     )
     model: BackendConfig = section(BackendConfig, help="llm only: the teacher model (paper: QwQ-32B).")
     temperature: float = option(0.0, help="llm only: sampling temperature of the critiques.")
@@ -107,8 +119,20 @@ def problem_numbers(problem: str) -> list[str]:
     return list(dict.fromkeys(_num(n) for n in re.findall(_NUMBER, problem)))
 
 
-def step_code(problem: str, step: str, first: bool) -> tuple[str, str]:
-    """The analysis and the verification code for one step."""
+def claim_code(step: str) -> tuple[str, str]:
+    """The analysis and the code of the ``claim`` style: each claim printed as one truth value."""
+    claims = [(f"{_num(a)} {_OPS.get(op, op)} {_num(b)}", _num(c)) for a, op, b, c in _CLAIM.findall(step)]
+    if not claims:
+        return "The paragraph states no calculation.", 'print("no calculation to check")'
+    described = " and ".join(f"{expr} = {result}" for expr, result in claims)
+    lines = [f"print({expr} == {result})" for expr, result in claims]
+    return f"The paragraph claims {described}. Recompute each calculation with Python.", "\n".join(lines)
+
+
+def step_code(problem: str, step: str, first: bool, style: str = "provenance") -> tuple[str, str]:
+    """The analysis and the verification code for one step, in the ``claim`` or ``provenance`` style."""
+    if style == "claim":
+        return claim_code(step)
     lines: list[str] = []
     if first:
         given = ", ".join(problem_numbers(problem)) or ""
@@ -158,9 +182,10 @@ class ProgramTeacher:
 
     name = "program"
 
-    def __init__(self, sandbox: Sandbox, threads: int = 4) -> None:
+    def __init__(self, sandbox: Sandbox, threads: int = 4, code_style: str = "claim") -> None:
         self.sandbox = sandbox
         self.threads = threads
+        self.code_style = code_style
 
     def critique(self, solutions: list[tuple[str, list[str]]]) -> list[Critique]:
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
@@ -178,7 +203,7 @@ class ProgramTeacher:
         return Critique(turns=turns, verdicts=verdicts, rounds=[1] * len(steps), statuses=statuses)
 
     def _turn(self, session: Session, problem: str, step: str, index: int) -> tuple[str, int, str]:
-        analysis, code = step_code(problem, step, first=index == 0)
+        analysis, code = step_code(problem, step, first=index == 0, style=self.code_style)
         result = session.run(code)
         output = execution_text(result)
         # A run that did not finish gives no evidence: no verdict, and the filter drops the solution.
@@ -214,7 +239,7 @@ class LLMTeacher:
 
 
 TEACHERS: dict[str, Callable[[TeacherConfig, Sandbox], Teacher]] = {
-    "program": lambda cfg, sandbox: ProgramTeacher(sandbox, cfg.threads),
+    "program": lambda cfg, sandbox: ProgramTeacher(sandbox, cfg.threads, cfg.code_style),
     "llm": LLMTeacher,
 }
 

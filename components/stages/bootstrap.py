@@ -9,8 +9,13 @@ often the policy solves held-out problems greedily and at the sampling temperatu
 
     genprm bootstrap [--set bootstrap.train.steps=200]
 
-Outputs ``models/policy`` (a model directory loadable with ``from_pretrained``),
-``metrics/bootstrap.json`` and ``plots/bootstrap_loss.json``.
+Then the GenPRM's base (``components/world/criticbase.py``): the same model pretrained further on skill
+documents alone, so it copies numbers from text into code (the paper's GenPRM base is a reasoning model
+that writes Python, not the policy).
+
+Outputs ``models/policy`` and ``models/base`` (model directories loadable with ``from_pretrained``),
+``metrics/bootstrap.json`` (with ``claim_copy_policy`` / ``claim_copy_base``) and
+``plots/bootstrap_loss.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 from components.method.prompts import GENPRM_SYSTEM_PROMPT, POLICY_SYSTEM_PROMPT, solution_text
 from components.platform.config import option, section
 from components.platform.errors import ConfigError
+from components.world.criticbase import CriticBaseConfig
 from components.world.mistakes import (
     DEFAULT_KIND_WEIGHTS,
     KINDS_HELP,
@@ -63,6 +69,9 @@ class BootstrapConfig:
     model: ModelConfig = section(ModelConfig, help="Model shape.")
     train: TrainConfig = section(TrainConfig, help="Pretraining loop.")
     eval: EvalConfig = section(EvalConfig, help="Policy measurement.")
+    critic: CriticBaseConfig = section(
+        CriticBaseConfig, help="The GenPRM's base: the policy pretrained further on skill documents."
+    )
     output_dir: str = option("models/policy", help="Where the model and tokenizer are saved.")
 
     def __post_init__(self) -> None:
@@ -147,10 +156,13 @@ def tokenizer_corpus(pairs: list[Example], extra: list[str]) -> list[str]:
     return texts
 
 
-def run(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str], out_dir: Path) -> dict[str, Any]:
-    """Build, pretrain, save and measure the policy; returns the metrics dict."""
+def run(
+    cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str], out_dir: Path, critic_dir: Path
+) -> dict[str, Any]:
+    """Build, pretrain, save and measure the policy, then the GenPRM's base; returns the metrics dict."""
     import torch
 
+    from components.world.criticbase import train_critic_base
     from components.world.pretrain import evaluate_policy, pretrain
     from components.world.smallmodel import build_model, count_parameters, train_tokenizer
 
@@ -169,6 +181,7 @@ def run(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str], out_dir
     tokenizer.save_pretrained(out_dir)
     heldout = eval_problems(cfg, world)
     accuracy = evaluate_policy(out_dir, heldout, cfg.eval, seed=cfg.seed)
+    critic = train_critic_base(model, tokenizer, cfg.critic, world, exclude, critic_dir, out_dir)
     return {
         "parameters": count_parameters(model),
         "corpus_size": len(pairs),
@@ -177,6 +190,7 @@ def run(cfg: BootstrapConfig, world: SyntheticConfig, exclude: set[str], out_dir
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
         **accuracy,
+        **critic,
         "loss_curve": losses,
     }
 
@@ -199,15 +213,24 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     params = load_params(params_path, overrides, ["bootstrap", "world"])
     cfg: BootstrapConfig = params["bootstrap"]
     exclude = held_out_texts(Path(load_value(params_path, overrides, "prepare.output_dir", str)))
-    out_dir = Path(cfg.output_dir)
-    tmp_dir = out_dir.with_name(out_dir.name + ".partial")
-    metrics = run(cfg, params["world"], exclude, tmp_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp_dir.rename(out_dir)
-    curve = metrics.pop("loss_curve")
+    outs = [Path(cfg.output_dir), Path(cfg.critic.output_dir)]
+    if outs[0].resolve() == outs[1].resolve():
+        raise ConfigError("bootstrap.critic.output_dir: must differ from bootstrap.output_dir")
+    partial = [out.with_name(out.name + ".partial") for out in outs]
+    for tmp in partial:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    metrics = run(cfg, params["world"], exclude, partial[0], partial[1])
+    for out, tmp in zip(outs, partial, strict=True):
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    curve, critic_curve = metrics.pop("loss_curve"), metrics.pop("critic_loss_curve")
     write_json(Path("metrics/bootstrap.json"), metrics)
-    write_json(Path("plots/bootstrap_loss.json"), [{"step": s, "loss": loss} for s, loss in curve])
+    points = [{"step": s, "loss": loss, "phase": "policy"} for s, loss in curve]
+    offset = curve[-1][0] if curve else 0
+    points += [{"step": offset + s, "loss": loss, "phase": "critic_base"} for s, loss in critic_curve]
+    write_json(Path("plots/bootstrap_loss.json"), points)
     return metrics
 
 

@@ -81,10 +81,21 @@ def load_paths(cfg: SynthesizeConfig) -> pd.DataFrame:
     return frame.head(cfg.max_paths) if cfg.max_paths else frame
 
 
+def first_error(values: list[int]) -> int:
+    """The index of the first 0 (a wrong step), -1 when there is none: ProcessBench's label."""
+    return next((i for i, v in enumerate(values) if int(v) == 0), -1)
+
+
 def agrees(verdicts: list[int], labels: list[int]) -> bool:
-    """The consensus filter: every step has a verdict and it equals the label."""
-    return len(verdicts) == len(labels) and all(
-        v == int(lab) for v, lab in zip(verdicts, labels, strict=True)
+    """The consensus filter: every step has a verdict and the first wrong step is the same.
+
+    Labels are 0 after the first error by construction; what the teacher says about a later step (the
+    claim code style checks its arithmetic, right on a wrong value) is not compared.
+    """
+    return (
+        len(verdicts) == len(labels)
+        and -1 not in verdicts
+        and first_error(verdicts) == first_error([int(v) for v in labels])
     )
 
 
@@ -161,9 +172,14 @@ def _cell(verdict: int, label: int) -> str:
 
 
 def summarize(rationales: pd.DataFrame, labels: str) -> dict[str, Any]:
-    """Kept rate, verdict-vs-label confusion over steps, code error and timeout rates, rounds per step."""
-    verdicts = [v for vs in rationales.verdicts for v in vs]
-    gold = [int(v) for vs in rationales["labels"] for v in vs]  # the consensus labels, i.e. `labels`
+    """Kept rate, verdict-vs-label confusion over the steps up to each path's first labelled error, code
+    error and timeout rates, rounds per step."""
+    verdicts, gold = [], []  # gold: the consensus labels, i.e. `labels`
+    for vs, labs in zip(rationales.verdicts, rationales["labels"], strict=True):
+        first = first_error(list(labs))
+        upto = len(labs) if first < 0 else first + 1
+        verdicts += [int(v) for v in vs[:upto]]
+        gold += [int(v) for v in labs[:upto]]
     runs = int(rationales.code_runs.sum())
     confusion = {_cell(v, g): 0 for v in (1, 0, -1) for g in (1, 0)}
     for v, g in zip(verdicts, gold, strict=True):
@@ -174,7 +190,8 @@ def summarize(rationales: pd.DataFrame, labels: str) -> dict[str, Any]:
         "kept_rate": round(float(rationales.kept.mean()), 4) if len(rationales) else 0.0,
         "kept_correct_paths": int((rationales.kept & rationales.correct).sum()),
         "kept_incorrect_paths": int((rationales.kept & ~rationales.correct).sum()),
-        "steps": len(verdicts),
+        "steps": sum(len(vs) for vs in rationales.verdicts),
+        "compared_steps": len(verdicts),
         "step_agreement": round(
             sum(v == g for v, g in zip(verdicts, gold, strict=True)) / max(1, len(gold)), 4
         ),
@@ -184,7 +201,9 @@ def summarize(rationales: pd.DataFrame, labels: str) -> dict[str, Any]:
         "code_error_rate": round(int(rationales.code_errors.sum()) / max(1, runs), 4),
         "code_timeout_rate": round(int(rationales.code_timeouts.sum()) / max(1, runs), 4),
         "mean_rounds_per_step": round(
-            sum(r for rs in rationales.rounds for r in rs) / max(1, len(verdicts)), 3
+            sum(r for rs in rationales.rounds for r in rs)
+            / max(1, sum(len(vs) for vs in rationales.verdicts)),
+            3,
         ),
         "labels": labels,
     }

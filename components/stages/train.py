@@ -70,7 +70,7 @@ class TrainConfig:
         "genprm",
         help="'genprm': rationales from `input`; 'direct': verdict-only baseline from `direct_input`.",
     )
-    base_model: str = option("models/policy", help="Model dir or hub id to fine-tune.")
+    base_model: str = option("models/base", help="Model dir or hub id to fine-tune.")
     input: str = option("data/synthesize/sft.jsonl", help="SFT records with rationales (variant genprm).")
     direct_input: str = option("data/synthesize/sft_direct.jsonl", help="Verdict-only SFT records (direct).")
     output_dir: str = option("models/genprm", help="Where the genprm variant is saved.")
