@@ -81,7 +81,9 @@ def test_dvc_repro_end_to_end_and_caching(repo_root: Path, tmp_path: Path) -> No
     boot = metrics["metrics/bootstrap.json"]["data"]
     assert 0.0 <= boot["accuracy_greedy"] <= 1.0 and boot["parameters"] > 0
     synthesized = metrics["metrics/synthesize.json"]["data"]
-    assert 0 < synthesized["kept"] < synthesized["paths"]  # the fixture's wrong-label paths are dropped
+    # No consensus filter by default: every fully judged path trains (the filter: tests/test_synthesize.py).
+    assert 0 < synthesized["kept"] == synthesized["paths"] - synthesized["unparseable_paths"]
+    assert 0.0 <= boot["claim_copy_policy"] <= 1.0 and 0.0 <= boot["claim_copy_base"] <= 1.0
     refined = metrics["metrics/refine.json"]["data"]["accuracy"]["synthetic"]
     assert set(refined) == {"genprm", "self_refine", "direct", "none"}
     assert all(set(turns) == {"turn_0", "turn_1"} for turns in refined.values())
