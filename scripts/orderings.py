@@ -3,11 +3,12 @@
 Each seed s sets the world (``prepare.seed``: problems and the ProcessBench test set), the policy
 (``bootstrap.seed``) and training (``train.seed``) to s, in three variants:
 
-- ``base``: the default pipeline. Its own metrics give RPE vs hard-MC label F1, Maj@8 vs Pass@1, code
-  execution on vs off and the GenPRM vs the direct baseline;
+- ``base``: the paper's pipeline, the consensus filter on RPE labels (``synthesize.consensus=true``; the
+  offline default turns the filter off). Its own metrics give RPE vs hard-MC label F1, Maj@8 vs Pass@1,
+  code execution on vs off and the GenPRM vs the direct baseline;
 - ``hard``: the consensus filter compares with hard-MC labels (``synthesize.labels=hard_labels``): the
   GenPRM trained on hard-MC labels, against ``base`` trained on RPE labels;
-- ``noconsensus``: no consensus filter (``synthesize.consensus=false``).
+- ``noconsensus``: no consensus filter (``synthesize.consensus=false``, the offline default).
 
 The variants of one seed share bootstrap, rollout and label, which DVC's run cache restores instead of
 recomputing. Commands::
