@@ -250,3 +250,10 @@ def test_undefined_numbers_print_as_a_dash(tmp_path: Path, value: Any) -> None:
     bench["processbench"]["genprm"]["maj@1"]["mean_f1"] = value
     text = summary_of(write_run(tmp_path, {"benchmark": bench}))
     assert "  genprm                     -    29.1" in text
+
+
+def test_synthesize_without_the_consensus_filter_says_so(tmp_path: Path) -> None:
+    write_run(tmp_path, {"synthesize": SYNTHESIZE | {"kept": 300, "kept_rate": 1.0, "consensus": False}})
+    text = summary_of(tmp_path)
+    assert "Synthesize: kept 300 of 300 paths (100.0%): no consensus filter" in text, text
+    assert "the consensus filter against" not in text

@@ -203,12 +203,17 @@ def synthesize_lines(synth: Metrics) -> list[str]:
     """The consensus filter's kept rate."""
     rate = synth["kept_rate"]
     agreement = synth.get("step_agreement")
-    lines = [
-        f"Synthesize: kept {synth['kept']} of {synth['paths']} paths ({num(100 * rate)}%): the consensus "
-        f"filter against {synth.get('labels', '?')}"
-    ]
+    kept = f"Synthesize: kept {synth['kept']} of {synth['paths']} paths ({num(100 * rate)}%)"
+    if synth.get("consensus") is False:
+        lines = [f"{kept}: no consensus filter (every fully judged path trains)"]
+    else:
+        lines = [f"{kept}: the consensus filter against {synth.get('labels', '?')}"]
     if isinstance(agreement, int | float):
-        lines.append(f"  teacher verdicts agree with the labels on {num(100 * agreement)}% of steps")
+        labels = synth.get("labels", "?")
+        lines.append(
+            f"  teacher verdicts agree with the {labels} on {num(100 * agreement)}% of steps "
+            "(up to each path's first labelled error)"
+        )
     return lines
 
 

@@ -206,6 +206,7 @@ def summarize(rationales: pd.DataFrame, labels: str) -> dict[str, Any]:
             3,
         ),
         "labels": labels,
+        "consensus": bool(rationales["consensus"].all()) if "consensus" in rationales.columns else True,
     }
 
 
