@@ -15,7 +15,9 @@ conversation (the problem, the refined solution, the feedback on it), never with
 context. Critics (``CRITICS``): ``genprm`` (the GenPRM with code execution and its analysis),
 ``direct`` (the direct GenPRM's verdicts: the flagged step, no analysis), ``self_refine`` (the policy
 critiques its own solution in the GenPRM's format, no code execution, and gets the same feedback
-prompt) and ``none`` (no critic: every turn resamples the solution from the problem alone).
+prompt), ``none`` (no critic: every turn resamples the solution from the problem alone) and ``teacher``
+(the program teacher's verdicts and analysis: a reference for what a near-perfect critic buys,
+``components/method/teachercritic.py``; not in the default list).
 
     flags = flags_from_scores(scored, [steps...], with_analysis=True)
     messages = refine_messages(problem, solution_text(steps), feedback_text(flag))
@@ -29,8 +31,8 @@ from typing import Any, Literal
 
 from components.method.prompts import chat_messages, solution_text
 
-Critic = Literal["genprm", "self_refine", "direct", "none"]
-CRITICS: tuple[Critic, ...] = ("genprm", "self_refine", "direct", "none")
+Critic = Literal["genprm", "self_refine", "direct", "none", "teacher"]
+CRITICS: tuple[Critic, ...] = ("genprm", "self_refine", "direct", "none", "teacher")
 # The paper's feedback turn (policy_refine.py), word for word.
 FEEDBACK_PROMPT = "".join(
     [

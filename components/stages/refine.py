@@ -102,6 +102,10 @@ def critic_scorer(cfg: RefineConfig, critic: str, policy: Any) -> Any:
     if critic == "direct":
         model = replace(cfg.genprm.model, model=str(cfg.direct_model))
         return GenPRMScorer(replace(cfg.genprm, model=model, execute=False))
+    if critic == "teacher":  # the program teacher: a reference for a near-perfect critic
+        from components.method.teachercritic import TeacherCritic
+
+        return TeacherCritic(cfg.genprm.sandbox)
     return GenPRMScorer(cfg.genprm)
 
 
