@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -12,11 +13,14 @@ from components.method.teachers import ProgramTeacher, judge_output, problem_num
 from components.sandbox import Sandbox, SandboxConfig
 from components.world.synthetic import (
     SyntheticConfig,
+    WorldProblem,
     generate_problems,
     gold_steps,
     inject_error,
     problem_text,
 )
+
+Case = tuple[WorldProblem, list[str], int, str]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +44,12 @@ def claim_teacher(box: Sandbox) -> ProgramTeacher:
 def test_code_for_a_step_recomputes_and_checks_provenance() -> None:
     problem = "A tank holds 7 liters of water. Uma drains 3 liters. How many liters are in the tank now?"
     assert problem_numbers(problem) == ["7", "3"]
-    analysis, code = step_code(problem, "Removing 3 liters leaves 7 - 3 = 4 liters.", first=True)
+    step = "Removing 3 liters leaves 7 - 3 = 4 liters."
+    analysis, code = step_code(problem, step, first=True, style="provenance")
     assert "claims 7 - 3 = 4" in analysis
     assert code.splitlines()[0] == "known = {7, 3}  # numbers given in the problem"
     assert "check = 7 - 3 == 4" in code and "source = {7, 3} <= known" in code
-    _, final = step_code(problem, "So 4 liters. The answer is \\boxed{4}.", first=False)
+    _, final = step_code(problem, "So 4 liters. The answer is \\boxed{4}.", first=False, style="provenance")
     assert "answer 4 is a verified result" in final and "known =" not in final
 
 
@@ -57,19 +62,25 @@ def test_claim_style_prints_each_claim_once() -> None:
     assert nothing == 'print("no calculation to check")'
 
 
-def test_claim_style_catches_arithmetic_errors_only(claim_teacher: ProgramTeacher) -> None:
+def injected_cases(count: int, kinds: Callable[[random.Random], list[str]]) -> list[Case]:
+    """(problem, steps, error index, kind) for ``count`` problems: one random step, each kind of ``kinds``."""
     rng = random.Random(0)
     cfg = SyntheticConfig()
     cases = []
-    for p in generate_problems(cfg, 40, seed=5):
+    for p in generate_problems(cfg, count, seed=5):
         index = rng.randrange(len(p.operations))
-        for kind in ("arithmetic", "operand"):
+        for kind in kinds(rng):
             steps = inject_error(p, rng, cfg, kind, index)  # type: ignore[arg-type]
             if steps is not None:
-                cases.append((steps, index, kind, p))
-    critiques = claim_teacher.critique([(problem_text(p), steps) for steps, _, _, p in cases])
+                cases.append((p, steps, index, kind))
+    return cases
+
+
+def test_claim_style_catches_arithmetic_errors_only(claim_teacher: ProgramTeacher) -> None:
+    cases = injected_cases(40, lambda rng: ["arithmetic", "operand"])
+    critiques = claim_teacher.critique([(problem_text(p), steps) for p, steps, _, _ in cases])
     outcomes: Counter = Counter()
-    for (_, index, kind, _), critique in zip(cases, critiques, strict=True):
+    for (_, _, index, kind), critique in zip(cases, critiques, strict=True):
         assert all(len(code_blocks(t)) == 1 and "known" not in t for t in critique.turns)
         first_no = critique.verdicts.index(0) if 0 in critique.verdicts else -1
         outcomes[(kind, first_no)] += 1
@@ -96,15 +107,7 @@ def test_gold_solutions_are_judged_right_at_every_step(teacher: ProgramTeacher) 
 
 
 def test_arithmetic_and_operand_errors_are_caught_at_the_first_wrong_step(teacher: ProgramTeacher) -> None:
-    rng = random.Random(0)
-    cfg = SyntheticConfig()
-    cases = []
-    for p in generate_problems(cfg, 60, seed=5):
-        index = rng.randrange(len(p.operations))
-        kind = rng.choice(["arithmetic", "operand"])
-        steps = inject_error(p, rng, cfg, kind, index)  # type: ignore[arg-type]
-        if steps is not None:
-            cases.append((p, steps, index, kind))
+    cases = injected_cases(60, lambda rng: [rng.choice(["arithmetic", "operand"])])
     critiques = teacher.critique([(problem_text(p), steps) for p, steps, _, _ in cases])
     outcomes: Counter = Counter()
     for (_, steps, index, kind), critique in zip(cases, critiques, strict=True):

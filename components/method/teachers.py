@@ -129,7 +129,7 @@ def claim_code(step: str) -> tuple[str, str]:
     return f"The paragraph claims {described}. Recompute each calculation with Python.", "\n".join(lines)
 
 
-def step_code(problem: str, step: str, first: bool, style: str = "provenance") -> tuple[str, str]:
+def step_code(problem: str, step: str, first: bool, style: str = "claim") -> tuple[str, str]:
     """The analysis and the verification code for one step, in the ``claim`` or ``provenance`` style."""
     if style == "claim":
         return claim_code(step)

@@ -28,6 +28,7 @@ import pandas as pd
 
 from components.data.journal import Journal, file_sha256, fingerprint
 from components.data.records import RATIONALE_COLUMNS, RATIONALE_NEEDED
+from components.method.metrics import first_error_from_labels
 from components.method.rationale import conversation, verdict_text
 from components.method.teachers import Critique, TeacherConfig
 from components.platform.config import option, section, to_dict
@@ -81,11 +82,6 @@ def load_paths(cfg: SynthesizeConfig) -> pd.DataFrame:
     return frame.head(cfg.max_paths) if cfg.max_paths else frame
 
 
-def first_error(values: list[int]) -> int:
-    """The index of the first 0 (a wrong step), -1 when there is none: ProcessBench's label."""
-    return next((i for i, v in enumerate(values) if int(v) == 0), -1)
-
-
 def agrees(verdicts: list[int], labels: list[int]) -> bool:
     """The consensus filter: every step has a verdict and the first wrong step is the same.
 
@@ -95,7 +91,7 @@ def agrees(verdicts: list[int], labels: list[int]) -> bool:
     return (
         len(verdicts) == len(labels)
         and -1 not in verdicts
-        and first_error(verdicts) == first_error([int(v) for v in labels])
+        and first_error_from_labels(verdicts) == first_error_from_labels([int(v) for v in labels])
     )
 
 
@@ -176,11 +172,12 @@ def summarize(rationales: pd.DataFrame, labels: str) -> dict[str, Any]:
     error and timeout rates, rounds per step."""
     verdicts, gold = [], []  # gold: the consensus labels, i.e. `labels`
     for vs, labs in zip(rationales.verdicts, rationales["labels"], strict=True):
-        first = first_error(list(labs))
+        first = first_error_from_labels(list(labs))
         upto = len(labs) if first < 0 else first + 1
         verdicts += [int(v) for v in vs[:upto]]
         gold += [int(v) for v in labs[:upto]]
     runs = int(rationales.code_runs.sum())
+    steps = sum(len(vs) for vs in rationales.verdicts)
     confusion = {_cell(v, g): 0 for v in (1, 0, -1) for g in (1, 0)}
     for v, g in zip(verdicts, gold, strict=True):
         confusion[_cell(v, g)] += 1
@@ -190,7 +187,7 @@ def summarize(rationales: pd.DataFrame, labels: str) -> dict[str, Any]:
         "kept_rate": round(float(rationales.kept.mean()), 4) if len(rationales) else 0.0,
         "kept_correct_paths": int((rationales.kept & rationales.correct).sum()),
         "kept_incorrect_paths": int((rationales.kept & ~rationales.correct).sum()),
-        "steps": sum(len(vs) for vs in rationales.verdicts),
+        "steps": steps,
         "compared_steps": len(verdicts),
         "step_agreement": round(
             sum(v == g for v, g in zip(verdicts, gold, strict=True)) / max(1, len(gold)), 4
@@ -200,11 +197,7 @@ def summarize(rationales: pd.DataFrame, labels: str) -> dict[str, Any]:
         "code_runs": runs,
         "code_error_rate": round(int(rationales.code_errors.sum()) / max(1, runs), 4),
         "code_timeout_rate": round(int(rationales.code_timeouts.sum()) / max(1, runs), 4),
-        "mean_rounds_per_step": round(
-            sum(r for rs in rationales.rounds for r in rs)
-            / max(1, sum(len(vs) for vs in rationales.verdicts)),
-            3,
-        ),
+        "mean_rounds_per_step": round(sum(r for rs in rationales.rounds for r in rs) / max(1, steps), 3),
         "labels": labels,
         "consensus": bool(rationales["consensus"].all()) if "consensus" in rationales.columns else True,
     }

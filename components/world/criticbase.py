@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from components.method.rationale import code_blocks
 from components.platform.config import option
 from components.platform.errors import ConfigError
 from components.world.pretrain import Example, TrainConfig, pretrain
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_CODE_LINE = re.compile(r"```python\n(.*?)\n```", re.DOTALL)
 PROBE_SEED = 7919
 
 
@@ -77,8 +76,8 @@ def claim_prompts(world: SyntheticConfig, count: int) -> list[tuple[list[dict[st
     for problem in generate_problems(world, count, seed=PROBE_SEED, prefix="probe"):
         user, answer = claim(problem, rng)
         messages = [{"role": "system", "content": SKILLS_SYSTEM_PROMPT}, {"role": "user", "content": user}]
-        found = _CODE_LINE.search(answer)
-        out.append((messages, found.group(1) if found else ""))
+        blocks = code_blocks(answer)
+        out.append((messages, blocks[0] if blocks else ""))
     return out
 
 
@@ -94,8 +93,8 @@ def claim_copy_rate(model_dir: Path, probes: list[tuple[list[dict[str, str]], st
         backend.close()
     hits = 0
     for result, (_, expected) in zip(results, probes, strict=True):
-        found = _CODE_LINE.search(result.samples[0].text + "\n```")
-        hits += bool(found and found.group(1).strip() == expected)
+        blocks = code_blocks(result.samples[0].text + "\n```")  # closes a block cut by max_tokens
+        hits += bool(blocks and blocks[0].strip() == expected)
     return round(hits / len(probes), 4)
 
 
