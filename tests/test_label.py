@@ -561,6 +561,23 @@ def test_one_run_equals_merged_shards(
     assert merged["shards"] == 2
 
 
+def test_two_worker_processes_equal_one_run(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, parallel = tmp_path / "one", tmp_path / "parallel"
+    for folder in (one, parallel):
+        write_inputs(folder, 3, 4)
+    monkeypatch.chdir(one)
+    metrics = main(write_params(one, tiny_model), [])
+    monkeypatch.chdir(parallel)
+    both = main(write_params(parallel, tiny_model, workers=2), [])
+    assert _tables(parallel) == _tables(one)
+    assert both["shards"] == 2 and not (parallel / "out" / "shards").exists()
+    assert {k: v for k, v in both.items() if k not in ("seconds", "shards")} == {
+        k: v for k, v in metrics.items() if k not in ("seconds", "shards")
+    }
+
+
 @SAMPLINGS
 def test_merge_needs_every_shard(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampling: str

@@ -371,3 +371,23 @@ def test_merge_needs_every_shard(tmp_path: Path) -> None:
     (shards / "manifest-1of2.json").touch()
     with pytest.raises(DataError, match=r"different shard counts \[2, 3\]"):
         sharded(cfg).shard_count()
+
+
+@pytest.mark.slow
+def test_two_worker_processes_equal_one_run(
+    tiny_model_dir: Path, tmp_path: Path, reference: pd.DataFrame
+) -> None:
+    make_project(tmp_path, tiny_model_dir)
+    metrics = run_main(tmp_path, "rollout.workers=2")
+    assert metrics["problems"] == NUM_PROBLEMS and metrics["shards"] == 2
+    out = tmp_path / "data" / "rollout"
+    pd.testing.assert_frame_equal(comparable(read_parquet(out / "rollouts.parquet")), comparable(reference))
+    assert not (out / "shards").exists(), "the shard outputs are removed after the merge"
+    assert not list(out.glob(".progress-*"))
+
+
+def test_workers_need_an_unsharded_run() -> None:
+    with pytest.raises(ConfigError, match=r"rollout\.workers: must be at least 1"):
+        RolloutConfig(workers=0)
+    with pytest.raises(ConfigError, match=r"leave rollout\.shard at 0/1"):
+        RolloutConfig(workers=2, shard="1/2")

@@ -93,3 +93,26 @@ def test_one_fingerprint_rule(tmp_path: Path) -> None:
     data.write_text("b")
     assert run_fingerprint(base, [data], ["some/hub-id"]) != fp, "input content is in"
     assert output_settings(base) == {"seed": 1, "policy": {"model": "m"}}
+
+
+def test_workers_rerun_only_the_shards_without_a_complete_output(tmp_path: Path) -> None:
+    from components.data.workers import clear_other_counts, pending_shards
+
+    target = ShardedStage(tmp_path, ("t",), lambda table, frame: frame["unit"])
+    units = ["a", "b", "c"]
+    frame = pd.DataFrame({"unit": ["a", "c"]})
+    target.write_shard(ShardSpec(0, 2), "fp", {"t": frame}, ["a", "c"], {})
+    assert pending_shards(target, 2, "fp", units) == [ShardSpec(1, 2)]
+    assert pending_shards(target, 2, "other", units) == [ShardSpec(0, 2), ShardSpec(1, 2)]
+    (target.shards_dir / "manifest-0of3.json").write_text("{}")
+    clear_other_counts(target, 2)
+    assert sorted(p.name for p in target.shards_dir.iterdir()) == ["manifest-0of2.json", "t-0of2.parquet"]
+
+
+def test_a_failed_worker_fails_the_stage_naming_its_shard(tmp_path: Path) -> None:
+    from components.data.workers import run_workers
+    from components.platform.errors import GenPRMError
+
+    target = ShardedStage(tmp_path, ("t",), lambda table, frame: frame["unit"])
+    with pytest.raises(GenPRMError, match=r"worker for shard 0/2 failed; its last output:\n.*missing\.yaml"):
+        run_workers(target, "rollout", tmp_path / "missing.yaml", [], 2, "fp", ["a", "b"])

@@ -51,6 +51,7 @@ RUNTIME_ONLY = frozenset(
     {
         "threads",
         "shard",
+        "workers",
         "batch_size",
         "chunk_size",
         "max_concurrency",
@@ -142,7 +143,7 @@ class ShardedStage:
             raise DataError(f"{path}: shard {missing[0]}/{count} is missing (run it, then merge)")
         return count
 
-    def _checked_manifest(self, spec: ShardSpec, fp: str, expected: list[str]) -> dict[str, Any]:
+    def checked_manifest(self, spec: ShardSpec, fp: str, expected: list[str]) -> dict[str, Any]:
         """Shard ``spec``'s manifest, refused when another fingerprint or other units made it."""
         path = self.manifest_path(spec)
         try:
@@ -182,7 +183,7 @@ class ShardedStage:
         metrics = []
         for index in range(count):
             spec = ShardSpec(index, count)
-            manifest = self._checked_manifest(spec, fp, shard(all_units, spec, key=str))
+            manifest = self.checked_manifest(spec, fp, shard(all_units, spec, key=str))
             metrics.append(manifest.get("metrics") or {})
             for table in self.tables:
                 parts[table].append(self._read_table(table, spec, set(manifest["units"])))

@@ -65,6 +65,7 @@ from components.data.label_units import MC0Source, load_units, processbench_unit
 from components.data.quality import QualityConfig, check
 from components.data.records import LABEL_COLUMNS, PROCESSBENCH_COLUMNS
 from components.data.shards import ShardedStage, run_fingerprint
+from components.data.workers import check_workers, remove_shards, run_workers
 from components.method.metrics import first_error_from_labels, processbench_f1
 from components.method.montecarlo import Estimate, Unit, estimate, hard_labels, rpe_labels
 from components.method.sequential import estimate_sequential
@@ -119,6 +120,11 @@ class LabelConfig:
         help="'i/n': this run's share of the units (problems), written to <output_dir>/shards/ when "
         "n > 1; 'merge': combine the n shard outputs into the final tables and metrics.",
     )
+    workers: int = option(
+        1,
+        help="Processes running the shards at once (one torch thread each), then merged "
+        "(components/data/workers.py); the same tables as one process. Needs shard 0/1.",
+    )
     input: str | None = option(
         "data/rollout/rollouts.parquet", help="The rollout table; its kept paths are labelled (null: none)."
     )
@@ -147,6 +153,7 @@ class LabelConfig:
             raise ConfigError("label: input and processbench_input are both null: nothing to label")
         if self.shard != "merge":
             ShardSpec.parse(self.shard, "label.shard")
+        check_workers(self.workers, self.shard, "label")
         if not 0 < self.delta < 1 or self.chunk < 1:
             raise ConfigError("label.delta/chunk: need 0 < delta < 1 and chunk >= 1")
         if self.sampling == "sequential" and any(
@@ -292,8 +299,11 @@ def sharded(cfg: LabelConfig) -> ShardedStage:
     )
 
 
-def merge(cfg: LabelConfig, quality_cfg: QualityConfig, units: list[Unit]) -> dict[str, Any]:
-    """``shard: merge``: the n shard outputs, in canonical unit order -> the final tables and metrics."""
+def merge(
+    cfg: LabelConfig, quality_cfg: QualityConfig, units: list[Unit], seconds: float | None = None
+) -> dict[str, Any]:
+    """``shard: merge``: the n shard outputs, in canonical unit order -> the final tables and metrics;
+    ``seconds``: the wall time of parallel workers (else the sum of the shards' times)."""
     stage = sharded(cfg)
     merged, shard_metrics = stage.merge(stage_fingerprint(cfg), [u.key for u in units])
     frames = {kind: merged[name] for kind, name in TABLES.items()}
@@ -301,8 +311,22 @@ def merge(cfg: LabelConfig, quality_cfg: QualityConfig, units: list[Unit]) -> di
         expected = [p.path_id for u in units if u.kind == kind for p in u.paths]
         if list(frames[kind]["path_id"]) != expected:
             raise DataError(f"{stage.shards_dir}: the {kind} shards do not hold every path exactly once")
-    seconds = sum(float(m.get("seconds", 0.0)) for m in shard_metrics)
+    if seconds is None:
+        seconds = sum(float(m.get("seconds", 0.0)) for m in shard_metrics)
     return write_final(cfg, quality_cfg, frames, seconds, len(shard_metrics))
+
+
+def run_parallel(
+    cfg: LabelConfig, quality_cfg: QualityConfig, units: list[Unit], params_path: Path, overrides: list[str]
+) -> dict[str, Any]:
+    """``workers: n``: the n shards as n processes at once, then the merge (components/data/workers.py)."""
+    started = time.perf_counter()
+    stage = sharded(cfg)
+    keys = [u.key for u in units]
+    run_workers(stage, "label", params_path, overrides, cfg.workers, stage_fingerprint(cfg), keys)
+    metrics = merge(cfg, quality_cfg, units, seconds=time.perf_counter() - started)
+    remove_shards(stage)
+    return metrics
 
 
 def stage_fingerprint(cfg: LabelConfig) -> str:
@@ -325,6 +349,8 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     units = load_units(cfg)
     if cfg.shard == "merge":
         return merge(cfg, params["quality"], units)
+    if cfg.workers > 1:
+        return run_parallel(cfg, params["quality"], units, params_path, overrides)
     spec = ShardSpec.parse(cfg.shard, "label.shard")
     mine = shard(units, spec, key=lambda u: u.key)
     stage, fp = sharded(cfg), stage_fingerprint(cfg)

@@ -50,6 +50,7 @@ from components.data.journal import Journal, ShardSpec, shard, unit_seed
 from components.data.quality import QualityConfig, check
 from components.data.records import ROLLOUT_COLUMNS, Problem, StepSplit, validate_rollouts
 from components.data.shards import ShardedStage, run_fingerprint
+from components.data.workers import check_workers, remove_shards, run_workers
 from components.method.paths import SampledPath, make_path
 from components.platform.config import option, section, to_dict
 from components.platform.errors import ConfigError
@@ -90,6 +91,11 @@ class RolloutConfig:
         1,
         help="torch CPU threads for in-process generation (0: torch's default; 1: fastest for tiny models).",
     )
+    workers: int = option(
+        1,
+        help="Processes running the shards at once, then merged (components/data/workers.py); the same "
+        "table as one process. Needs shard 0/1.",
+    )
     input: str = option("data/prepared/train.parquet", help="The problems table to roll out.")
     output_dir: str = option("data/rollout", help="Directory of the rollout table, shards and progress.")
 
@@ -105,6 +111,7 @@ class RolloutConfig:
             raise ConfigError("rollout: need temperature >= 0 and 0 < top_p <= 1")
         if self.shard != "merge":
             ShardSpec.parse(self.shard, "rollout.shard")
+        check_workers(self.workers, self.shard, "rollout")
 
 
 # ------------------------------------------------------------------------------------ paths and balance
@@ -281,15 +288,29 @@ def write_final(
     write_json(METRICS_PATH, metrics)
 
 
-def merge_main(cfg: RolloutConfig, quality: QualityConfig) -> dict[str, Any]:
-    """``shard: merge``: combine the shard tables into the final table and metrics (checked first)."""
+def merge_main(cfg: RolloutConfig, quality: QualityConfig, seconds: float | None = None) -> dict[str, Any]:
+    """``shard: merge``: combine the shard tables into the final table and metrics (checked first);
+    ``seconds``: the wall time of parallel workers (else the sum of the shards' times)."""
     units = [problem.id for problem in load_problems(cfg)]
     frames, shard_metrics = sharded(cfg).merge(stage_fingerprint(cfg), units)
     frame = validate_rollouts(frames["rollouts"], f"merged shards in {sharded(cfg).shards_dir}")
-    seconds = sum(float(m.get("seconds", 0.0)) for m in shard_metrics)
+    if seconds is None:
+        seconds = sum(float(m.get("seconds", 0.0)) for m in shard_metrics)
     metrics = {**summarize(frame), "shards": len(shard_metrics), "seconds": round(seconds, 1)}
     write_final(cfg, quality, frame, metrics)
     log.info("rollout: merged %d shards: %s", len(shard_metrics), metrics)
+    return metrics
+
+
+def run_parallel(
+    cfg: RolloutConfig, quality: QualityConfig, params_path: Path, overrides: list[str], started: float
+) -> dict[str, Any]:
+    """``workers: n``: the n shards as n processes at once, then the merge (components/data/workers.py)."""
+    stage = sharded(cfg)
+    units = [problem.id for problem in load_problems(cfg)]
+    run_workers(stage, "rollout", params_path, overrides, cfg.workers, stage_fingerprint(cfg), units)
+    metrics = merge_main(cfg, quality, seconds=time.perf_counter() - started)
+    remove_shards(stage)
     return metrics
 
 
@@ -306,6 +327,8 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     if cfg.shard == "merge":
         return merge_main(cfg, params["quality"])
     started = time.perf_counter()
+    if cfg.workers > 1:
+        return run_parallel(cfg, params["quality"], params_path, overrides, started)
     spec = ShardSpec.parse(cfg.shard, "rollout.shard")
     work = load_work(cfg, spec)
     stage, fp = sharded(cfg), stage_fingerprint(cfg)

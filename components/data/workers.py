@@ -1,0 +1,149 @@
+"""Run a sharded stage's n shards as n processes at once, on one machine, then merge them.
+
+A stage with ``workers: n`` (``rollout``, ``label``) and ``shard: "0/1"`` does not work itself: it starts
+n worker processes, each running shard ``i/n`` of the same stage with one torch thread, waits for them
+and merges their shard outputs (``components/data/shards.py``) into the tables one process writes. The
+tables are the same (a backend call never mixes problems and is seeded by its unit), so ``workers`` is a
+speed setting only, outside the fingerprint. On the 2-core machine two single-thread processes generate
+about 1.5-2x the tokens per second of one two-thread process (the small model's matrices are too small
+for torch's threads to pay off).
+
+Crash safety: each worker keeps its own journal, and a shard whose complete output is already there
+(its manifest says so, with this run's fingerprint) is not run again, so a killed run resumes per
+shard. The shard outputs are removed after the merge. A failed worker fails the stage, naming its
+shard and its last lines of output; no final table is written.
+
+Worker 0 shows its progress bar; the others run with tqdm disabled (one bar per terminal line).
+
+    python -m components.data.workers rollout params.yaml 1/2 [override ...]   # what the parent starts
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from components.data.journal import ShardSpec, shard
+from components.platform.errors import ConfigError, DataError, GenPRMError
+
+if TYPE_CHECKING:
+    from components.data.shards import ShardedStage
+
+log = logging.getLogger("genprm.workers")
+
+STAGES = ("rollout", "label")
+TAIL_LINES = 20
+
+
+def check_workers(workers: int, shard_text: str, where: str) -> None:
+    """``workers`` >= 1, and > 1 only for an unsharded run (a shard or a merge runs in this process)."""
+    if workers < 1:
+        raise ConfigError(f"{where}.workers: must be at least 1, got {workers}")
+    if workers > 1 and shard_text != "0/1":
+        raise ConfigError(
+            f"{where}.workers: {workers} worker processes run the shards themselves; "
+            f"leave {where}.shard at 0/1 (got {shard_text!r}) or set {where}.workers=1"
+        )
+
+
+def worker_command(stage: str, params_path: Path, spec: ShardSpec, overrides: list[str]) -> list[str]:
+    """The command line of the worker running shard ``spec`` of ``stage``."""
+    return [sys.executable, "-m", "components.data.workers", stage, str(params_path), spec.tag, *overrides]
+
+
+def pending_shards(sharded: ShardedStage, count: int, fp: str, all_units: list[str]) -> list[ShardSpec]:
+    """The shards of ``count`` without a complete output made by this fingerprint (those still to run)."""
+    pending = []
+    for index in range(count):
+        spec = ShardSpec(index, count)
+        try:
+            sharded.checked_manifest(spec, fp, shard(all_units, spec, key=str))
+        except DataError:
+            pending.append(spec)
+    return pending
+
+
+def clear_other_counts(sharded: ShardedStage, count: int) -> None:
+    """Remove shard outputs of another shard count (a merge refuses mixed counts)."""
+    if not sharded.shards_dir.is_dir():
+        return
+    for path in sharded.shards_dir.iterdir():
+        if path.is_file() and not path.stem.endswith(f"of{count}"):
+            path.unlink()
+
+
+def run_workers(
+    sharded: ShardedStage,
+    stage: str,
+    params_path: Path,
+    overrides: list[str],
+    count: int,
+    fp: str,
+    all_units: list[str],
+) -> None:
+    """Run every pending shard of ``count`` as its own process, all at once; raise if one fails."""
+    clear_other_counts(sharded, count)
+    pending = pending_shards(sharded, count, fp, all_units)
+    done = count - len(pending)
+    log.info("%s: %d worker processes (%d shards already complete)", stage, len(pending), done)
+    procs = []
+    for position, spec in enumerate(pending):
+        env = dict(os.environ)
+        if position:
+            env["TQDM_DISABLE"] = "1"
+        command = worker_command(stage, params_path, spec, overrides)
+        procs.append((spec, subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)))
+    failures = [(spec, tail) for spec, proc in procs if (tail := _wait(proc, echo=spec == pending[0]))]
+    if failures:
+        spec, tail = failures[0]
+        raise GenPRMError(
+            f"{stage}: worker for shard {spec.index}/{spec.count} failed; its last output:\n{tail}\n"
+            f"(rerun to resume: complete shards are kept)"
+        )
+
+
+def _wait(proc: subprocess.Popen[str], echo: bool) -> str:
+    """Wait for ``proc``, echoing its stderr when ``echo``; '' on success, else its last lines."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        tail.append(line.rstrip("\n"))
+        if echo:
+            sys.stderr.write(line)
+    return "" if proc.wait() == 0 else "\n".join(tail)
+
+
+def remove_shards(sharded: ShardedStage) -> None:
+    """Drop the shard outputs once merged (the final tables hold everything)."""
+    shutil.rmtree(sharded.shards_dir, ignore_errors=True)
+
+
+def worker_main(argv: list[str]) -> int:
+    """``stage params spec [override ...]``: run one shard in this process with one torch thread."""
+    from components.platform.cli import configure_runtime
+    from components.platform.online import section_reasons
+
+    stage, params, spec, *overrides = argv
+    if stage not in STAGES:
+        raise SystemExit(f"workers: unknown stage {stage!r} (one of {', '.join(STAGES)})")
+    configure_runtime(section_reasons(Path(params), overrides, stage))
+    index, count = spec.split("of")
+    pinned = [f"{stage}.shard={index}/{count}", f"{stage}.workers=1", f"{stage}.threads=1"]
+    entry = importlib.import_module(f"components.stages.{stage}").main
+    try:
+        entry(Path(params), [*overrides, *pinned])
+    except GenPRMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))
