@@ -386,8 +386,10 @@ def test_two_worker_processes_equal_one_run(
     assert not list(out.glob(".progress-*"))
 
 
-def test_workers_need_an_unsharded_run() -> None:
+def test_workers_start_processes_only_for_an_unsharded_run() -> None:
+    from components.data.workers import parallel
+
     with pytest.raises(ConfigError, match=r"rollout\.workers: must be at least 1"):
         RolloutConfig(workers=0)
-    with pytest.raises(ConfigError, match=r"leave rollout\.shard at 0/1"):
-        RolloutConfig(workers=2, shard="1/2")
+    assert parallel(2, "0/1") and not parallel(1, "0/1")
+    assert not parallel(2, "1/2") and not parallel(2, "merge"), "an explicit shard runs in one process"

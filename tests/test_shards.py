@@ -116,3 +116,26 @@ def test_a_failed_worker_fails_the_stage_naming_its_shard(tmp_path: Path) -> Non
     target = ShardedStage(tmp_path, ("t",), lambda table, frame: frame["unit"])
     with pytest.raises(GenPRMError, match=r"worker for shard 0/2 failed; its last output:\n.*missing\.yaml"):
         run_workers(target, "rollout", tmp_path / "missing.yaml", [], 2, "fp", ["a", "b"])
+
+
+def test_workers_import_the_parents_code_whatever_their_folder_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import components
+    from components.data.workers import worker_command, worker_env
+
+    (tmp_path / "components").mkdir()  # a stale copy in the working folder (a copied project)
+    (tmp_path / "components" / "__init__.py").write_text("raise SystemExit('the stale copy')\n")
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = worker_env()
+    root = Path(components.__file__).resolve().parent.parent
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(root), "/elsewhere"]
+    probe = [sys.executable, "-P", "-m", "components.data.journal"]
+    assert subprocess.run(probe, cwd=tmp_path, env=env, capture_output=True).returncode == 0
+    assert worker_command("rollout", Path("p.yaml"), ShardSpec(1, 2), [])[1:3] == ["-P", "-m"]
+    stale = subprocess.run(probe[:1] + probe[2:], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "the stale copy" in stale.stderr, "without -P the working folder's copy wins"

@@ -1,6 +1,7 @@
 """Run a sharded stage's n shards as n processes at once, on one machine, then merge them.
 
-A stage with ``workers: n`` (``rollout``, ``label``) and ``shard: "0/1"`` does not work itself: it starts
+A stage with ``workers: n`` (``rollout``, ``label``) and ``shard: "0/1"`` (an explicit shard or a merge
+ignores ``workers``) does not work itself: it starts
 n worker processes, each running shard ``i/n`` of the same stage with one torch thread, waits for them
 and merges their shard outputs (``components/data/shards.py``) into the tables one process writes. The
 tables are the same (a backend call never mixes problems and is seeded by its unit), so ``workers`` is a
@@ -15,7 +16,7 @@ shard and its last lines of output; no final table is written.
 
 Worker 0 shows its progress bar; the others run with tqdm disabled (one bar per terminal line).
 
-    python -m components.data.workers rollout params.yaml 1/2 [override ...]   # what the parent starts
+    python -P -m components.data.workers rollout params.yaml 1of2 [override ...]   # what the parent starts
 """
 
 from __future__ import annotations
@@ -42,20 +43,34 @@ STAGES = ("rollout", "label")
 TAIL_LINES = 20
 
 
-def check_workers(workers: int, shard_text: str, where: str) -> None:
-    """``workers`` >= 1, and > 1 only for an unsharded run (a shard or a merge runs in this process)."""
+def check_workers(workers: int, where: str) -> None:
+    """``workers`` >= 1."""
     if workers < 1:
         raise ConfigError(f"{where}.workers: must be at least 1, got {workers}")
-    if workers > 1 and shard_text != "0/1":
-        raise ConfigError(
-            f"{where}.workers: {workers} worker processes run the shards themselves; "
-            f"leave {where}.shard at 0/1 (got {shard_text!r}) or set {where}.workers=1"
-        )
+
+
+def parallel(workers: int, shard_text: str) -> bool:
+    """Whether a run starts worker processes: ``workers`` > 1 on an unsharded run. An explicit shard
+    (``i/n``, as the flows' shard tasks send) or a merge runs in this process, whatever ``workers`` is."""
+    return workers > 1 and shard_text == "0/1"
 
 
 def worker_command(stage: str, params_path: Path, spec: ShardSpec, overrides: list[str]) -> list[str]:
     """The command line of the worker running shard ``spec`` of ``stage``."""
-    return [sys.executable, "-m", "components.data.workers", stage, str(params_path), spec.tag, *overrides]
+    # -P: no working folder on sys.path (a copied project's stale components/ would win); worker_env
+    # puts this process's own code first instead.
+    module = ["-P", "-m", "components.data.workers"]
+    return [sys.executable, *module, stage, str(params_path), spec.tag, *overrides]
+
+
+def worker_env() -> dict[str, str]:
+    """This environment, with the folder holding this process's ``components`` first on the path, so a
+    worker imports the same code as its parent whatever its working directory holds."""
+    import components
+
+    root = str(Path(components.__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
 def pending_shards(sharded: ShardedStage, count: int, fp: str, all_units: list[str]) -> list[ShardSpec]:
@@ -95,7 +110,7 @@ def run_workers(
     log.info("%s: %d worker processes (%d shards already complete)", stage, len(pending), done)
     procs = []
     for position, spec in enumerate(pending):
-        env = dict(os.environ)
+        env = worker_env()
         if position:
             env["TQDM_DISABLE"] = "1"
         command = worker_command(stage, params_path, spec, overrides)

@@ -65,7 +65,7 @@ from components.data.label_units import MC0Source, load_units, processbench_unit
 from components.data.quality import QualityConfig, check
 from components.data.records import LABEL_COLUMNS, PROCESSBENCH_COLUMNS
 from components.data.shards import ShardedStage, run_fingerprint
-from components.data.workers import check_workers, remove_shards, run_workers
+from components.data.workers import check_workers, parallel, remove_shards, run_workers
 from components.method.metrics import first_error_from_labels, processbench_f1
 from components.method.montecarlo import Estimate, Unit, estimate, hard_labels, rpe_labels
 from components.method.sequential import estimate_sequential
@@ -123,7 +123,7 @@ class LabelConfig:
     workers: int = option(
         1,
         help="Processes running the shards at once (one torch thread each), then merged "
-        "(components/data/workers.py); the same tables as one process. Needs shard 0/1.",
+        "(components/data/workers.py); the same tables as one process (an explicit shard: one).",
     )
     input: str | None = option(
         "data/rollout/rollouts.parquet", help="The rollout table; its kept paths are labelled (null: none)."
@@ -153,7 +153,7 @@ class LabelConfig:
             raise ConfigError("label: input and processbench_input are both null: nothing to label")
         if self.shard != "merge":
             ShardSpec.parse(self.shard, "label.shard")
-        check_workers(self.workers, self.shard, "label")
+        check_workers(self.workers, "label")
         if not 0 < self.delta < 1 or self.chunk < 1:
             raise ConfigError("label.delta/chunk: need 0 < delta < 1 and chunk >= 1")
         if self.sampling == "sequential" and any(
@@ -349,7 +349,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     units = load_units(cfg)
     if cfg.shard == "merge":
         return merge(cfg, params["quality"], units)
-    if cfg.workers > 1:
+    if parallel(cfg.workers, cfg.shard):
         return run_parallel(cfg, params["quality"], units, params_path, overrides)
     spec = ShardSpec.parse(cfg.shard, "label.shard")
     mine = shard(units, spec, key=lambda u: u.key)

@@ -50,7 +50,7 @@ from components.data.journal import Journal, ShardSpec, shard, unit_seed
 from components.data.quality import QualityConfig, check
 from components.data.records import ROLLOUT_COLUMNS, Problem, StepSplit, validate_rollouts
 from components.data.shards import ShardedStage, run_fingerprint
-from components.data.workers import check_workers, remove_shards, run_workers
+from components.data.workers import check_workers, parallel, remove_shards, run_workers
 from components.method.paths import SampledPath, make_path
 from components.platform.config import option, section, to_dict
 from components.platform.errors import ConfigError
@@ -94,7 +94,7 @@ class RolloutConfig:
     workers: int = option(
         1,
         help="Processes running the shards at once, then merged (components/data/workers.py); the same "
-        "table as one process. Needs shard 0/1.",
+        "table as one process. An explicit shard or merge runs in one process.",
     )
     input: str = option("data/prepared/train.parquet", help="The problems table to roll out.")
     output_dir: str = option("data/rollout", help="Directory of the rollout table, shards and progress.")
@@ -111,7 +111,7 @@ class RolloutConfig:
             raise ConfigError("rollout: need temperature >= 0 and 0 < top_p <= 1")
         if self.shard != "merge":
             ShardSpec.parse(self.shard, "rollout.shard")
-        check_workers(self.workers, self.shard, "rollout")
+        check_workers(self.workers, "rollout")
 
 
 # ------------------------------------------------------------------------------------ paths and balance
@@ -327,7 +327,7 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     if cfg.shard == "merge":
         return merge_main(cfg, params["quality"])
     started = time.perf_counter()
-    if cfg.workers > 1:
+    if parallel(cfg.workers, cfg.shard):
         return run_parallel(cfg, params["quality"], params_path, overrides, started)
     spec = ShardSpec.parse(cfg.shard, "rollout.shard")
     work = load_work(cfg, spec)
