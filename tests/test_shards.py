@@ -114,7 +114,7 @@ def test_a_failed_worker_fails_the_stage_naming_its_shard(tmp_path: Path) -> Non
     from components.platform.errors import GenPRMError
 
     target = ShardedStage(tmp_path, ("t",), lambda table, frame: frame["unit"])
-    with pytest.raises(GenPRMError, match=r"worker for shard 0/2 failed; its last output:\n.*missing\.yaml"):
+    with pytest.raises(GenPRMError, match=r"^rollout: shard 0/2: [^\n]*missing\.yaml[^\n]*$"):
         run_workers(target, "rollout", tmp_path / "missing.yaml", [], 2, "fp", ["a", "b"])
 
 

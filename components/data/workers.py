@@ -118,21 +118,26 @@ def run_workers(
     failures = [(spec, tail) for spec, proc in procs if (tail := _wait(proc, echo=spec == pending[0]))]
     if failures:
         spec, tail = failures[0]
+        errors = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
+        if errors:  # the worker's own one-line message, passed on as the stage's one line
+            raise GenPRMError(f"{stage}: shard {spec.index}/{spec.count}: {errors[-1]}")
         raise GenPRMError(
-            f"{stage}: worker for shard {spec.index}/{spec.count} failed; its last output:\n{tail}\n"
-            f"(rerun to resume: complete shards are kept)"
+            f"{stage}: worker for shard {spec.index}/{spec.count} failed; its last output:\n"
+            + "\n".join(tail)
+            + "\n(rerun to resume: complete shards are kept)"
         )
 
 
-def _wait(proc: subprocess.Popen[str], echo: bool) -> str:
-    """Wait for ``proc``, echoing its stderr when ``echo``; '' on success, else its last lines."""
+def _wait(proc: subprocess.Popen[str], echo: bool) -> list[str]:
+    """Wait for ``proc``, echoing its stderr when ``echo`` (not its ``error:`` lines, which the parent
+    reports once); [] on success, else its last lines."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     assert proc.stderr is not None
     for line in proc.stderr:
         tail.append(line.rstrip("\n"))
-        if echo:
+        if echo and not line.startswith("error: "):
             sys.stderr.write(line)
-    return "" if proc.wait() == 0 else "\n".join(tail)
+    return [] if proc.wait() == 0 else list(tail)
 
 
 def remove_shards(sharded: ShardedStage) -> None:
