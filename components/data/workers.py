@@ -27,9 +27,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from components.data.journal import ShardSpec, shard
 from components.platform.errors import ConfigError, DataError, GenPRMError
@@ -115,7 +118,11 @@ def run_workers(
             env["TQDM_DISABLE"] = "1"
         command = worker_command(stage, params_path, spec, overrides)
         procs.append((spec, subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)))
-    failures = [(spec, tail) for spec, proc in procs if (tail := _wait(proc, echo=spec == pending[0]))]
+    # Every worker's stderr is drained at once: a pipe read only after an earlier worker ended would
+    # fill and stall its writer.
+    with ThreadPoolExecutor(max_workers=max(1, len(procs))) as pool:
+        tails = list(pool.map(lambda item: _wait(item[1], echo=item[0] == pending[0]), procs))
+    failures = [(spec, tail) for (spec, _), tail in zip(procs, tails, strict=True) if tail]
     if failures:
         spec, tail = failures[0]
         errors = [line.removeprefix("error: ") for line in tail if line.startswith("error: ")]
@@ -140,9 +147,23 @@ def _wait(proc: subprocess.Popen[str], echo: bool) -> list[str]:
     return [] if proc.wait() == 0 else list(tail)
 
 
-def remove_shards(sharded: ShardedStage) -> None:
-    """Drop the shard outputs once merged (the final tables hold everything)."""
-    shutil.rmtree(sharded.shards_dir, ignore_errors=True)
+def run_and_merge(
+    sharded: ShardedStage,
+    stage: str,
+    params_path: Path,
+    overrides: list[str],
+    count: int,
+    fp: str,
+    all_units: list[str],
+    merge: Callable[[float], dict[str, Any]],
+) -> dict[str, Any]:
+    """``workers: n`` of a stage: :func:`run_workers`, then ``merge(wall seconds)`` (the stage's own
+    merge, which writes the final tables and metrics), then the shard outputs are removed."""
+    started = time.perf_counter()
+    run_workers(sharded, stage, params_path, overrides, count, fp, all_units)
+    metrics = merge(time.perf_counter() - started)
+    shutil.rmtree(sharded.shards_dir, ignore_errors=True)  # the final tables hold everything
+    return metrics
 
 
 def worker_main(argv: list[str]) -> int:

@@ -50,6 +50,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +66,7 @@ from components.data.label_units import MC0Source, load_units, processbench_unit
 from components.data.quality import QualityConfig, check
 from components.data.records import LABEL_COLUMNS, PROCESSBENCH_COLUMNS
 from components.data.shards import ShardedStage, run_fingerprint
-from components.data.workers import check_workers, parallel, remove_shards, run_workers
+from components.data.workers import check_workers, parallel, run_and_merge
 from components.method.metrics import first_error_from_labels, processbench_f1
 from components.method.montecarlo import Estimate, Unit, estimate, hard_labels, rpe_labels
 from components.method.sequential import estimate_sequential
@@ -320,13 +321,9 @@ def run_parallel(
     cfg: LabelConfig, quality_cfg: QualityConfig, units: list[Unit], params_path: Path, overrides: list[str]
 ) -> dict[str, Any]:
     """``workers: n``: the n shards as n processes at once, then the merge (components/data/workers.py)."""
-    started = time.perf_counter()
-    stage = sharded(cfg)
-    keys = [u.key for u in units]
-    run_workers(stage, "label", params_path, overrides, cfg.workers, stage_fingerprint(cfg), keys)
-    metrics = merge(cfg, quality_cfg, units, seconds=time.perf_counter() - started)
-    remove_shards(stage)
-    return metrics
+    keys, fp = [u.key for u in units], stage_fingerprint(cfg)
+    merged = partial(merge, cfg, quality_cfg, units)  # merged(seconds): the workers' wall time
+    return run_and_merge(sharded(cfg), "label", params_path, overrides, cfg.workers, fp, keys, merged)
 
 
 def stage_fingerprint(cfg: LabelConfig) -> str:

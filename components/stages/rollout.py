@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,7 +51,7 @@ from components.data.journal import Journal, ShardSpec, shard, unit_seed
 from components.data.quality import QualityConfig, check
 from components.data.records import ROLLOUT_COLUMNS, Problem, StepSplit, validate_rollouts
 from components.data.shards import ShardedStage, run_fingerprint
-from components.data.workers import check_workers, parallel, remove_shards, run_workers
+from components.data.workers import check_workers, parallel, run_and_merge
 from components.method.paths import SampledPath, make_path
 from components.platform.config import option, section, to_dict
 from components.platform.errors import ConfigError
@@ -303,15 +304,13 @@ def merge_main(cfg: RolloutConfig, quality: QualityConfig, seconds: float | None
 
 
 def run_parallel(
-    cfg: RolloutConfig, quality: QualityConfig, params_path: Path, overrides: list[str], started: float
+    cfg: RolloutConfig, quality: QualityConfig, params_path: Path, overrides: list[str]
 ) -> dict[str, Any]:
     """``workers: n``: the n shards as n processes at once, then the merge (components/data/workers.py)."""
-    stage = sharded(cfg)
     units = [problem.id for problem in load_problems(cfg)]
-    run_workers(stage, "rollout", params_path, overrides, cfg.workers, stage_fingerprint(cfg), units)
-    metrics = merge_main(cfg, quality, seconds=time.perf_counter() - started)
-    remove_shards(stage)
-    return metrics
+    fp = stage_fingerprint(cfg)
+    merge = partial(merge_main, cfg, quality)  # merge(seconds): the workers' wall time
+    return run_and_merge(sharded(cfg), "rollout", params_path, overrides, cfg.workers, fp, units, merge)
 
 
 def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
@@ -326,9 +325,9 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     if cfg.shard == "merge":
         return merge_main(cfg, params["quality"])
-    started = time.perf_counter()
     if parallel(cfg.workers, cfg.shard):
-        return run_parallel(cfg, params["quality"], params_path, overrides, started)
+        return run_parallel(cfg, params["quality"], params_path, overrides)
+    started = time.perf_counter()
     spec = ShardSpec.parse(cfg.shard, "rollout.shard")
     work = load_work(cfg, spec)
     stage, fp = sharded(cfg), stage_fingerprint(cfg)
