@@ -318,6 +318,7 @@ def run_chains(
     sandbox: Sandbox | None = None,
     threads: int = 4,
     desc: str = "critique",
+    progress: bool = True,
 ) -> None:
     """Advance every chain to its end (``settings.loop`` picks how; see ``components/method/loops.py``).
 
@@ -333,7 +334,10 @@ def run_chains(
     total = sum(len(chain.steps) for chain in chains)
     continuous = settings.loop == "continuous" and supports_continuous(backend)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, tqdm(total=total, desc=desc) as bar:
+        with (
+            ThreadPoolExecutor(max_workers=max(1, threads)) as pool,
+            tqdm(total=total, desc=desc, disable=not progress) as bar,
+        ):
             run = run_continuous if continuous else run_lockstep
             calls = run(backend, chains, settings, sandbox, pool, bar)
     finally:

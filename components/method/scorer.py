@@ -190,9 +190,14 @@ class GenPRMScorer:
         )
 
     def score(
-        self, solutions: list[tuple[str, list[str]]], samples: int = 1, desc: str = "genprm"
+        self,
+        solutions: list[tuple[str, list[str]]],
+        samples: int = 1,
+        desc: str = "genprm",
+        progress: bool = True,
     ) -> list[ScoredSolution]:
-        """Rewards for every step of every solution, from ``samples`` critique conversations each."""
+        """Rewards for every step of every solution, from ``samples`` critique conversations each
+        (``progress``: show a progress bar)."""
         if samples < 1:
             raise ConfigError(f"scorer: samples must be at least 1, got {samples}")
         chains = [
@@ -200,7 +205,8 @@ class GenPRMScorer:
             for problem, steps in solutions
             for j in range(samples)
         ]
-        run_chains(self.backend, chains, self.settings(), self.sandbox, self.cfg.threads, desc=desc)
+        settings = self.settings()
+        run_chains(self.backend, chains, settings, self.sandbox, self.cfg.threads, desc, progress)
         grouped = [chains[i : i + samples] for i in range(0, len(chains), samples)]
         return [scored_solution(group, self.cfg.missing_verdict_reward) for group in grouped]
 

@@ -23,10 +23,11 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from components.backends.base import BackendConfig
+from components.method.bestofn_eval import BestOfNConfig, best_of_n
 from components.method.scorer import ScorerConfig
+from components.method.scorerpool import ScoringPool, open_scorer, scoring_pool
 from components.method.teachers import TeacherConfig
 from components.platform.config import option, section
 from components.platform.errors import ConfigError
@@ -48,32 +49,6 @@ class ProcessBenchSetConfig:
 
 
 @dataclass(frozen=True)
-class BestOfNConfig:
-    """Best-of-N: which policy samples, on which problems, and how many."""
-
-    policy: BackendConfig = section(BackendConfig, help="The policy sampling the N candidate solutions.")
-    n_values: list[int] = option(
-        [1, 2, 4, 8], help="N values of the accuracy-vs-N curve (the largest is sampled)."
-    )
-    problems: str | None = option("data/prepared/test.parquet", help="Held-out problems table (null: none).")
-    max_problems: int = option(48, help="Held-out problems used.")
-    files: list[str] = option(
-        [], help="Real problem files (e.g. ../shared/data/math500.jsonl); a missing file is skipped."
-    )
-    file_max_problems: int = option(8, help="Problems used from each real file.")
-    temperature: float = option(0.7, help="Policy sampling temperature.")
-    max_tokens: int = option(160, help="Policy generation budget per solution.")
-    vote_score: Literal["last", "min", "mean"] = option(
-        "min", help="Solution score used by weighted voting: last, min or mean."
-    )
-    seed: int = option(0, help="Policy sampling seed.")
-
-    def __post_init__(self) -> None:
-        if not self.n_values or min(self.n_values) < 1:
-            raise ConfigError("benchmark.best_of_n.n_values: need at least one N, all >= 1")
-
-
-@dataclass(frozen=True)
 class BenchmarkConfig:
     """The ``benchmark`` section of params.yaml."""
 
@@ -91,29 +66,42 @@ class BenchmarkConfig:
         1000, help="Resamples of the 95% bootstrap intervals of every F1, accuracy and contrast."
     )
     threads: int = option(1, help="torch CPU threads for in-process generation (0: torch's default).")
+    workers: int = option(
+        1,
+        help="Processes scoring with the GenPRM at once, one torch thread each (1: this process); "
+        "the same rewards, ~2x faster on 2 cores (components/method/scorerpool.py).",
+    )
     output_dir: str = option("data/benchmark", help="Per-record tables and figures.")
 
     def __post_init__(self) -> None:
         if not self.samples or min(self.samples) < 1 or self.baseline_samples < 1:
             raise ConfigError("benchmark.samples/baseline_samples: every N must be at least 1")
+        if self.workers < 1:
+            raise ConfigError(f"benchmark.workers: must be at least 1, got {self.workers}")
+        if self.workers > 1 and self.genprm.model.backend == "vllm":
+            # Each worker would start its own vLLM engine on the same GPU.
+            raise ConfigError("benchmark.workers: must be 1 with benchmark.genprm.model.backend vllm")
 
 
 # ------------------------------------------------------------------------------------------ ProcessBench
 
 
 def score_processbench(
-    cfg: BenchmarkConfig, scorer_cfg: ScorerConfig, samples: list[int], tag: str
+    cfg: BenchmarkConfig,
+    scorer_cfg: ScorerConfig,
+    samples: list[int],
+    tag: str,
+    pool: ScoringPool | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Mean and per-subset F1 for each Maj@n of ``samples``, and one row per record."""
     from components.method.processbench import evaluate, load_subset, predictions_from_rewards
-    from components.method.scorer import GenPRMScorer
 
     subsets = {
         Path(f).stem: load_subset(Path(f), cfg.processbench.max_records) for f in cfg.processbench.files
     }
     results: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    with GenPRMScorer(scorer_cfg) as scorer:
+    with open_scorer(scorer_cfg, pool) as scorer:
         for name, records in subsets.items():
             scored = scorer.score([(r.problem, r.steps) for r in records], max(samples), desc=f"{tag} {name}")
             for n in samples:
@@ -220,79 +208,6 @@ def verdict_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------------------- Best-of-N
-
-
-def bon_problem_sets(cfg: BestOfNConfig) -> dict[str, list[Any]]:
-    """Held-out synthetic problems and the real files that exist, each cut to its configured size."""
-    from components.data.sources import problem_sets
-
-    return problem_sets(
-        cfg.problems, cfg.max_problems, cfg.files, cfg.file_max_problems, "benchmark.best_of_n"
-    )
-
-
-def sample_solutions(cfg: BestOfNConfig, problems: list[Any]) -> list[list[Any]]:
-    """max(n_values) graded policy samples per problem."""
-    from components.backends.base import GenerationRequest, SamplingParams, make_backend
-    from components.method.paths import make_path
-    from components.method.prompts import STEP_PREFILL, chat_messages
-
-    n = max(cfg.n_values)
-    params = SamplingParams(n=n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    requests = [GenerationRequest(messages=chat_messages(p.problem), prefill=STEP_PREFILL) for p in problems]
-    with make_backend(cfg.policy) as policy:
-        results = policy.generate(requests, params)
-    return [
-        [make_path(j, 0, sample, p.answer, "step_marker") for j, sample in enumerate(result.samples)]
-        for p, result in zip(problems, results, strict=True)
-    ]
-
-
-def candidate_table(scorer: Any, problems: list[Any], paths: list[list[Any]], tag: str) -> list[list[Any]]:
-    """Every sampled solution as a ``Candidate`` with its GenPRM step rewards (Pass@1)."""
-    from components.method.bestofn import Candidate
-
-    flat = [(p.problem, path.steps) for p, row in zip(problems, paths, strict=True) for path in row]
-    scored = iter(scorer.score(flat, 1, desc=f"best-of-n {tag}"))
-    return [
-        [
-            Candidate(
-                path.answer,
-                path.correct,
-                next(scored).rewards(),
-            )
-            for path in row
-        ]
-        for row in paths
-    ]
-
-
-def best_of_n(cfg: BenchmarkConfig) -> tuple[dict[str, Any], dict[str, dict[str, list[float]]]]:
-    """Accuracy vs N for every selector on every problem set, and each selector's per-problem score at
-    the largest N (for the confidence intervals)."""
-    from components.method.bestofn import SELECTORS, accuracy, select
-    from components.method.scorer import GenPRMScorer
-
-    sets = bon_problem_sets(cfg.best_of_n)
-    sampled = {name: sample_solutions(cfg.best_of_n, problems) for name, problems in sets.items()}
-    results: dict[str, Any] = {}
-    per_problem: dict[str, dict[str, list[float]]] = {}
-    largest = max(cfg.best_of_n.n_values)
-    vote = cfg.best_of_n.vote_score
-    with GenPRMScorer(cfg.genprm) as scorer:
-        for name, problems in sets.items():
-            table = candidate_table(scorer, problems, sampled[name], name)
-            results[name] = {
-                sel: {str(n): accuracy(table, sel, n, vote) for n in cfg.best_of_n.n_values}
-                for sel in SELECTORS
-            } | {"problems": len(problems)}
-            per_problem[name] = {
-                sel: [select(row[:largest], sel, vote) for row in table] for sel in SELECTORS
-            }
-    return results, per_problem
-
-
 # ----------------------------------------------------------------------------------------------- outputs
 
 
@@ -371,14 +286,15 @@ def main(params_path: Path, overrides: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     processbench: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
-    for name, scorer_cfg, samples in processbench_systems(cfg):
-        processbench[name], system_rows = score_processbench(cfg, scorer_cfg, samples, name)
-        rows += system_rows
-    if cfg.teacher_ceiling:
-        teacher_cfg = load_value(params_path, overrides, "synthesize.teacher", TeacherConfig)
-        processbench["teacher"], teacher_rows = score_teacher(cfg, teacher_cfg)
-        rows += teacher_rows
-    bon, per_problem = best_of_n(cfg)
+    with scoring_pool(cfg.workers) as pool:
+        for name, scorer_cfg, samples in processbench_systems(cfg):
+            processbench[name], system_rows = score_processbench(cfg, scorer_cfg, samples, name, pool)
+            rows += system_rows
+        if cfg.teacher_ceiling:
+            teacher_cfg = load_value(params_path, overrides, "synthesize.teacher", TeacherConfig)
+            processbench["teacher"], teacher_rows = score_teacher(cfg, teacher_cfg)
+            rows += teacher_rows
+        bon, per_problem = best_of_n(cfg.best_of_n, cfg.genprm, pool)
     metrics = as_percent({"processbench": strip_predictions(processbench), "best_of_n": bon})
     metrics["intervals"] = benchmark_intervals(cfg, processbench, per_problem)
     genprm = metrics["processbench"]["genprm"]
