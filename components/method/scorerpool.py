@@ -104,6 +104,9 @@ class PooledScorer:
             out[i::n] = part
         return out
 
+    def close(self) -> None:
+        """Nothing to close: the pool owns the workers (``GenPRMScorer.close``'s place in callers)."""
+
 
 class ScoringPool:
     """n spawned worker processes that score with a GenPRM; a context manager."""

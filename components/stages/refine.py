@@ -38,6 +38,7 @@ from components.method.paths import SampledPath
 from components.method.refine import CRITICS
 from components.method.refine_loop import LoopSettings, run_critic, sample_solutions, summarize
 from components.method.scorer import ScorerConfig
+from components.method.scorerpool import ScoringPool, scoring_pool
 from components.platform.config import option, section, to_dict
 from components.platform.errors import ConfigError
 
@@ -68,6 +69,11 @@ class RefineConfig:
     files: list[str] = option([], help="Real problem files; each is a problem set named by its stem.")
     file_max_problems: int = option(4, help="Problems used from each real file.")
     threads: int = option(1, help="torch CPU threads for in-process generation (0: torch's default).")
+    workers: int = option(
+        1,
+        help="Processes critiquing with the GenPRM and the direct GenPRM at once, one torch thread each "
+        "(1: this process); the same critiques (components/method/scorerpool.py).",
+    )
     output_dir: str = option("data/refine", help="Per-problem refinement table and progress.")
 
     def __post_init__(self) -> None:
@@ -78,6 +84,8 @@ class RefineConfig:
             raise ConfigError("refine.critics: 'direct' needs refine.direct_model")
         if self.turns < 1 or self.critic_samples < 1 or self.max_tokens < 1:
             raise ConfigError("refine.turns/critic_samples/max_tokens: must be at least 1")
+        if self.workers < 1 or (self.workers > 1 and self.genprm.model.backend == "vllm"):
+            raise ConfigError("refine.workers: at least 1, and 1 with refine.genprm.model.backend vllm")
 
     def loop(self) -> LoopSettings:
         return LoopSettings(
@@ -91,8 +99,9 @@ class RefineConfig:
         )
 
 
-def critic_scorer(cfg: RefineConfig, critic: str, policy: Any) -> Any:
-    """The scorer a critic critiques with (None for ``none``); ``self_refine`` uses the policy itself."""
+def critic_scorer(cfg: RefineConfig, critic: str, policy: Any, pool: ScoringPool | None = None) -> Any:
+    """The scorer a critic critiques with (None for ``none``); ``self_refine`` uses the policy itself.
+    With a ``pool`` the GenPRM and the direct GenPRM critique in its worker processes."""
     from components.method.scorer import GenPRMScorer
 
     if critic == "none":
@@ -101,12 +110,13 @@ def critic_scorer(cfg: RefineConfig, critic: str, policy: Any) -> Any:
         return GenPRMScorer(replace(cfg.genprm, execute=False), backend=policy)
     if critic == "direct":
         model = replace(cfg.genprm.model, model=str(cfg.direct_model))
-        return GenPRMScorer(replace(cfg.genprm, model=model, execute=False))
+        direct = replace(cfg.genprm, model=model, execute=False)
+        return pool.scorer(direct) if pool is not None else GenPRMScorer(direct)
     if critic == "teacher":  # the program teacher: a reference for a near-perfect critic
         from components.method.teachercritic import TeacherCritic
 
         return TeacherCritic(cfg.genprm.sandbox)
-    return GenPRMScorer(cfg.genprm)
+    return pool.scorer(cfg.genprm) if pool is not None else GenPRMScorer(cfg.genprm)
 
 
 def initial_paths(
@@ -125,11 +135,11 @@ def run(cfg: RefineConfig, sets: dict[str, list[Problem]], journal: Journal) -> 
     from components.backends.base import make_backend
 
     rows: list[dict[str, Any]] = []
-    with make_backend(cfg.policy) as policy:
+    with make_backend(cfg.policy) as policy, scoring_pool(cfg.workers) as pool:
         initial = {name: initial_paths(policy, name, probs, cfg, journal) for name, probs in sets.items()}
         for critic in cfg.critics:
             todo = [name for name in sets if f"{name}:{critic}" not in journal.done]
-            scorer = critic_scorer(cfg, critic, policy) if todo else None
+            scorer = critic_scorer(cfg, critic, policy, pool) if todo else None
             try:
                 for name in todo:
                     log.info("refine: %s, critic %s, %d problems", name, critic, len(sets[name]))
