@@ -18,6 +18,7 @@ from components.platform.config import build_config
 from components.platform.errors import ConfigError, GenPRMError
 from components.sandbox import SandboxConfig
 from components.stages.benchmark import BenchmarkConfig
+from components.stages.refine import RefineConfig
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,5 @@ def test_workers_with_an_in_process_vllm_engine_are_refused() -> None:
     assert build_config(
         BenchmarkConfig, {"workers": 1, "genprm": {"model": {"backend": "vllm"}}}, "benchmark"
     )
+    with pytest.raises(ConfigError, match=r"refine\.workers"):
+        build_config(RefineConfig, {"workers": 2, "genprm": {"model": {"backend": "vllm"}}}, "refine")

@@ -30,6 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from components.data.workers import check_workers
 from components.platform.errors import ConfigError, GenPRMError
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WORKER: dict[str, Any] = {}
-"""In a worker process: the config it scores with and its ``GenPRMScorer``."""
+"""In a worker process: the config it scores with, its ``GenPRMScorer`` and that scorer's finalizer."""
 
 
 class Scorer(Protocol):
@@ -58,13 +59,12 @@ def _worker_scorer(cfg: ScorerConfig) -> GenPRMScorer:
     from components.method.scorer import GenPRMScorer
 
     if _WORKER.get("cfg") != cfg:
-        if "scorer" in _WORKER:
-            _WORKER.pop("scorer").close()
+        if "close" in _WORKER:
+            _WORKER.pop("close")()  # the previous scorer's finalizer: closes it now, and not again at exit
         torch.set_num_threads(1)
         fresh = GenPRMScorer(cfg)
-        _WORKER.update(cfg=cfg, scorer=fresh)
-        # Runs when the worker process exits: the sandbox's processes end with it.
-        Finalize(fresh, fresh.close, exitpriority=10)
+        # The finalizer also runs when the worker process exits: the sandbox's processes end with it.
+        _WORKER.update(cfg=cfg, scorer=fresh, close=Finalize(fresh, fresh.close, exitpriority=10))
     scorer: GenPRMScorer = _WORKER["scorer"]
     return scorer
 
@@ -132,23 +132,38 @@ class ScoringPool:
         self.close()
 
 
-@contextmanager
-def open_scorer(cfg: ScorerConfig, pool: ScoringPool | None) -> Iterator[Scorer]:
-    """A scorer for ``cfg``: the pool's workers where there is a pool, else one in this process."""
+def make_scorer(cfg: ScorerConfig, pool: ScoringPool | None) -> PooledScorer | GenPRMScorer:
+    """A scorer for ``cfg`` (the caller closes it): the pool's workers where there is a pool, else a
+    ``GenPRMScorer`` in this process."""
     if pool is not None:
-        yield pool.scorer(cfg)
-        return
+        return pool.scorer(cfg)
     from components.method.scorer import GenPRMScorer
 
-    with GenPRMScorer(cfg) as scorer:
+    return GenPRMScorer(cfg)
+
+
+@contextmanager
+def open_scorer(cfg: ScorerConfig, pool: ScoringPool | None) -> Iterator[Scorer]:
+    """:func:`make_scorer` as a context manager: closed on exit."""
+    scorer = make_scorer(cfg, pool)
+    try:
         yield scorer
+    finally:
+        scorer.close()
+
+
+def check_pool_workers(workers: int, backend: str, where: str) -> None:
+    """``<where>.workers`` >= 1, and 1 with an in-process vLLM engine (each worker would start its own
+    engine on the same GPU)."""
+    check_workers(workers, where)
+    if workers > 1 and backend == "vllm":
+        raise ConfigError(f"{where}.workers: must be 1 with {where}.genprm.model.backend vllm")
 
 
 @contextmanager
 def scoring_pool(workers: int) -> Iterator[ScoringPool | None]:
     """A pool of ``workers`` processes, or None for ``workers`` 1 (everything in this process)."""
-    if workers < 1:
-        raise ConfigError(f"benchmark.workers: must be at least 1, got {workers}")
+    check_workers(workers, "scoring_pool")
     if workers == 1:
         yield None
         return

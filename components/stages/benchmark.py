@@ -27,7 +27,7 @@ from typing import Any
 
 from components.method.bestofn_eval import BestOfNConfig, best_of_n
 from components.method.scorer import ScorerConfig
-from components.method.scorerpool import ScoringPool, open_scorer, scoring_pool
+from components.method.scorerpool import ScoringPool, check_pool_workers, open_scorer, scoring_pool
 from components.method.teachers import TeacherConfig
 from components.platform.config import option, section
 from components.platform.errors import ConfigError
@@ -69,18 +69,14 @@ class BenchmarkConfig:
     workers: int = option(
         1,
         help="Processes scoring with the GenPRM at once, one torch thread each (1: this process); "
-        "the same rewards, ~2x faster on 2 cores (components/method/scorerpool.py).",
+        "the same rewards, ~1.8x faster on 2 cores (components/method/scorerpool.py).",
     )
     output_dir: str = option("data/benchmark", help="Per-record tables and figures.")
 
     def __post_init__(self) -> None:
         if not self.samples or min(self.samples) < 1 or self.baseline_samples < 1:
             raise ConfigError("benchmark.samples/baseline_samples: every N must be at least 1")
-        if self.workers < 1:
-            raise ConfigError(f"benchmark.workers: must be at least 1, got {self.workers}")
-        if self.workers > 1 and self.genprm.model.backend == "vllm":
-            # Each worker would start its own vLLM engine on the same GPU.
-            raise ConfigError("benchmark.workers: must be 1 with benchmark.genprm.model.backend vllm")
+        check_pool_workers(self.workers, self.genprm.model.backend, "benchmark")
 
 
 # ------------------------------------------------------------------------------------------ ProcessBench

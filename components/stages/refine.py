@@ -38,7 +38,7 @@ from components.method.paths import SampledPath
 from components.method.refine import CRITICS
 from components.method.refine_loop import LoopSettings, run_critic, sample_solutions, summarize
 from components.method.scorer import ScorerConfig
-from components.method.scorerpool import ScoringPool, scoring_pool
+from components.method.scorerpool import ScoringPool, check_pool_workers, make_scorer, scoring_pool
 from components.platform.config import option, section, to_dict
 from components.platform.errors import ConfigError
 
@@ -84,8 +84,7 @@ class RefineConfig:
             raise ConfigError("refine.critics: 'direct' needs refine.direct_model")
         if self.turns < 1 or self.critic_samples < 1 or self.max_tokens < 1:
             raise ConfigError("refine.turns/critic_samples/max_tokens: must be at least 1")
-        if self.workers < 1 or (self.workers > 1 and self.genprm.model.backend == "vllm"):
-            raise ConfigError("refine.workers: at least 1, and 1 with refine.genprm.model.backend vllm")
+        check_pool_workers(self.workers, self.genprm.model.backend, "refine")
 
     def loop(self) -> LoopSettings:
         return LoopSettings(
@@ -110,13 +109,12 @@ def critic_scorer(cfg: RefineConfig, critic: str, policy: Any, pool: ScoringPool
         return GenPRMScorer(replace(cfg.genprm, execute=False), backend=policy)
     if critic == "direct":
         model = replace(cfg.genprm.model, model=str(cfg.direct_model))
-        direct = replace(cfg.genprm, model=model, execute=False)
-        return pool.scorer(direct) if pool is not None else GenPRMScorer(direct)
+        return make_scorer(replace(cfg.genprm, model=model, execute=False), pool)
     if critic == "teacher":  # the program teacher: a reference for a near-perfect critic
         from components.method.teachercritic import TeacherCritic
 
         return TeacherCritic(cfg.genprm.sandbox)
-    return pool.scorer(cfg.genprm) if pool is not None else GenPRMScorer(cfg.genprm)
+    return make_scorer(cfg.genprm, pool)
 
 
 def initial_paths(
