@@ -11,12 +11,18 @@
   call holding the step-t prefixes of the paths still alive, identical prefixes once, n=K; paths stop at
   their first MC of 0.
 - fixed, seed 1: the same with another seed. Its agreement with ``fixed`` is the noise floor: how far two
-  fixed-K runs drawing different samples agree (no other mode can be expected to agree better on a
-  backend whose samples depend on the call, as ``hf``'s do).
+  fixed-K runs drawing different samples agree.
 - sequential (``label.sampling: sequential``, ``components.method.sequential``): chunks of ``--chunk``
   until each step's labels are decided with confidence >= 1 - ``--delta``, never past K.
 - binary (``components.method.binarysearch``): hard-MC first error by binary search (a baseline; hard
   labels only).
+
+Seeds (``--seeds``): ``request`` (the default) runs the hf backend with one generator per completion
+(``seeds: request``, as vLLM does), so completion j of a prefix is the same draw in every mode
+(``montecarlo.prefix_seed``): naive's samples are fixed K's, and sequential and binary search read fixed
+K's first samples and differ from it only by where they stop. ``auto`` is the hf backend's one seed per
+call: every mode then draws its own samples and no mode can agree with fixed K better than
+``fixed, seed 1`` does.
 
 All use the same K per problem (the label stage's schedule, or ``--k``), the same sampling settings and
 the same last-step rule. Rollout problems take the pass rate as MC_0 (all modes start from the same
@@ -54,7 +60,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from components.backends import Backend, BackendConfig, GenerationRequest, SamplingParams  # noqa: E402
 from components.backends.base import GenerationResult  # noqa: E402
-from components.data.journal import unit_seed  # noqa: E402
 from components.method.binarysearch import binary_search  # noqa: E402
 from components.method.metrics import first_error_from_labels, processbench_f1  # noqa: E402
 from components.method.montecarlo import (  # noqa: E402
@@ -65,6 +70,7 @@ from components.method.montecarlo import (  # noqa: E402
     estimate,
     hard_labels,
     k_for,
+    prefix_seed,
     prefix_text,
     rpe_labels,
     score_samples,
@@ -97,12 +103,13 @@ def naive_estimate(backend: Backend, cfg: LabelConfig, unit: Unit) -> Estimate:
         spend, values = Spend(), []
         for t in range(1, len(path.steps)):
             prefill, hits = prefix_text(path.steps, t), 0
+            params = SamplingParams(
+                n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
+            )
             for j in range(k):
-                seed = unit_seed(cfg.seed, path.path_id, t, j)
-                params = SamplingParams(
-                    n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed
-                )
-                [result] = backend.generate([GenerationRequest(messages=messages, prefill=prefill)], params)
+                seed = prefix_seed(cfg, unit, prefill) + j  # completion j of the prefix's stream
+                request = GenerationRequest(messages=messages, prefill=prefill, seed=seed)
+                [result] = backend.generate([request], params)
                 sample = result.samples[0]
                 hit, no_answer = score_samples(unit.gold, prefill, [sample.text])
                 hits += hit
@@ -289,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--delta", type=float, default=0.05)
     parser.add_argument("--chunk", type=int, default=4)
+    parser.add_argument("--seeds", choices=["request", "auto"], default="request", help="hf seeding")
     parser.add_argument("--check-problems", type=int, default=8, help="problems for the greedy K=1 check")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -301,14 +309,18 @@ def main(argv: list[str] | None = None) -> None:
         from components.backends import make_backend
 
         cfg = LabelConfig(
-            completer=BackendConfig(model=str(model)), max_tokens=args.max_tokens, delta=args.delta,
+            completer=BackendConfig(model=str(model), seeds=args.seeds), max_tokens=args.max_tokens,
+            delta=args.delta,
             chunk=args.chunk, sampling="sequential",
         )  # fmt: skip
         if args.k:
             cfg = dataclasses.replace(cfg, k_low=args.k, k_mid=args.k, k_high=args.k)
         paths = {k: sum(len(u.paths) for u in v) for k, v in sets.items()}
         print(f"model: {model}  units: { {k: len(v) for k, v in sets.items()} }  paths: {paths}")
-        print(f"temperature {cfg.temperature}, K by the schedule, delta {cfg.delta}, chunk {cfg.chunk}")
+        print(
+            f"temperature {cfg.temperature}, K by the schedule, delta {cfg.delta}, chunk {cfg.chunk}, "
+            f"seeds {args.seeds}"
+        )
         with make_backend(cfg.completer) as backend:
             estimate(backend, cfg, sets["rollout"][0])  # warm-up
             modes = [("naive", "naive"), ("fixed", "fixed"), ("fixed, seed 1", "fixed")]

@@ -34,17 +34,22 @@ from components.stages.label import LabelConfig  # noqa: E402
 
 
 class Replay(Backend):
-    """Completions that reach ``gold`` with the rate measured for their prefill."""
+    """Completions that reach ``gold`` with the rate measured for their prefill, seeded per request:
+    completion ``i`` of a request with seed ``s`` is the draw ``s + i``, as on vLLM (``seeding`` request),
+    so every mode reads the same completion stream of a prefix."""
+
+    seeding = "request"
 
     def __init__(self, rates: dict[str, tuple[float, str]]) -> None:
         self.rates = rates
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
         results = []
-        for index, request in enumerate(requests):
+        for request in requests:
             rate, gold = self.rates[request.prefill or ""]
-            rng = random.Random(unit_seed(params.seed or 0, request.prefill, index))
-            texts = [f"\\boxed{{{gold}}}" if rng.random() < rate else "no" for _ in range(params.n)]
+            seed = request.seed or 0
+            draws = [random.Random(unit_seed(seed + i)).random() for i in range(params.n)]
+            texts = [f"\\boxed{{{gold}}}" if u < rate else "no" for u in draws]
             results.append(GenerationResult([Sample(t, "stop", 1, 1) for t in texts]))
         return results
 

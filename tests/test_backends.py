@@ -6,6 +6,7 @@ not installed in this environment and must not be.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -244,8 +245,23 @@ def test_hf_seeds_once_per_call(backend: HFBackend, tiny_model_dir: Path) -> Non
     seeded = [GenerationRequest(messages=arithmetic_prompts(1)[0], seed=s) for s in range(4)]
     assert backend.generate(seeded, params) == backend.generate(seeded, params)
     assert backend.generate(seeded, params) != first
-    with pytest.raises(ConfigError, match="seeds"):
-        HFBackend(BackendConfig(model=str(tiny_model_dir), seeds="request"), backend.model, backend.tokenizer)
+
+
+def test_hf_request_seeds_give_each_sample_its_own_stream(backend: HFBackend, tiny_model_dir: Path) -> None:
+    """seeds: request (the engine, one generator per sample): sample i of seed s is the draw s + i, so n=8
+    in one call equals n=4 at s and n=4 at s + 4 in calls with other requests beside them."""
+    cfg = BackendConfig(model=str(tiny_model_dir), seeds="request", batch_size=3)
+    seeded = HFBackend(cfg, backend.model, backend.tokenizer)
+    assert seeded.seeding == "request"
+    prompt = arithmetic_prompts(2)
+    params = SamplingParams(n=8, temperature=1.0, max_tokens=16)
+    [whole] = seeded.generate([GenerationRequest(messages=prompt[0], seed=40)], params)
+    four = dataclasses.replace(params, n=4)
+    other = GenerationRequest(messages=prompt[1], seed=7)
+    head = seeded.generate([other, GenerationRequest(messages=prompt[0], seed=40)], four)[1]
+    tail = seeded.generate([GenerationRequest(messages=prompt[0], seed=44), other], four)[0]
+    assert [s.text for s in whole.samples] == [s.text for s in head.samples + tail.samples]
+    assert len({s.text for s in whole.samples}) > 1
 
 
 def test_token_texts_do_not_drift_after_non_ascii(backend: HFBackend) -> None:

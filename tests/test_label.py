@@ -8,6 +8,7 @@ waves run) are known in advance while generation is real.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -30,15 +31,17 @@ from components.backends import (
     Sample,
     SamplingParams,
 )
-from components.data.journal import Journal, unit_seed
+from components.data.journal import Journal
 from components.method.montecarlo import (
     PathInput,
     Unit,
     estimate,
     hard_labels,
     k_for,
+    prefix_seed,
     prefix_text,
     rpe_labels,
+    sample_counts,
 )
 from components.platform.errors import ConfigError, DataError
 from components.stages.label import LABEL_COLUMNS, PROCESSBENCH_COLUMNS, LabelConfig, main, rollout_units, run
@@ -112,10 +115,10 @@ class ScriptedBackend(Backend):
 
     def __init__(self, hits: dict[str, int]) -> None:
         self.hits = hits
-        self.calls: list[tuple[list[str], int, int | None]] = []
+        self.calls: list[tuple[list[str], int, list[int | None]]] = []
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
-        self.calls.append(([r.prefill for r in requests], params.n, params.seed))
+        self.calls.append(([r.prefill for r in requests], params.n, [r.seed for r in requests]))
         texts = [f"\\boxed{{{GOLD}}}", "\\boxed{12}", "no answer here"]
         return [
             GenerationResult(
@@ -145,7 +148,10 @@ def test_estimate_fractions_dedup_and_cost() -> None:
     # the two paths share steps 1-2: each wave is ONE request; the last step follows each path's answer
     assert est.mc == [[0.75, 0.375, 1.0], [0.75, 0.375, 0.0]]
     assert [len(prefills) for prefills, _, _ in backend.calls] == [1, 1]
-    assert [seed for _, _, seed in backend.calls] == [unit_seed(5, "rollout:p1", w) for w in (1, 2)]
+    # each prefix's request starts its own completion stream
+    assert [seeds for _, _, seeds in backend.calls] == [
+        [prefix_seed(cfg, unit, prefix_text(shared, t))] for t in (1, 2)
+    ]
     assert [s.completions for s in est.spend] == [16, 0], "a shared prefix is charged to its first path"
     assert est.spend[0].tokens == 48
     # the misses (6..7 in wave 1, 3..7 in wave 2) alternate \boxed{12} (even i) and no answer (odd i)
@@ -166,8 +172,9 @@ def test_mc0_comes_from_the_completer_or_the_rollout() -> None:
     assert (mixed.mc0, mixed.mc[0][0], rpe_labels(mixed.mc0, mixed.mc[0], 0.8)) == (0.25, 0.5, [1, 1, 1])
     backend.calls.clear()
     [unit] = rollout_units(frame.assign(pass_rate=0.25), mc0="completer")
-    own = estimate(backend, cfg, Unit(unit.kind, "p1", "Q?", GOLD, unit.mc0, paths))
-    assert backend.calls[0] == (["Step 1: "], 8, unit_seed(cfg.seed, "rollout:p1", 0))
+    own_unit = Unit(unit.kind, "p1", "Q?", GOLD, unit.mc0, paths)
+    own = estimate(backend, cfg, own_unit)
+    assert backend.calls[0] == (["Step 1: "], 8, [prefix_seed(cfg, own_unit, "Step 1: ")])
     # the completer against itself: step 1 halves its chance (0.5 / 1.0 < 0.8)
     assert (own.mc0, own.k, rpe_labels(own.mc0, own.mc[0], 0.8)) == (1.0, 8, [0, 1, 1])
     assert own.spend[0].completions == 8 + 8 + 8
@@ -310,8 +317,13 @@ def test_sequential_stops_when_decided_never_past_k() -> None:
     # 12 hits of 12: lower bound (0.003125 / 2) ** (1 / 12) = 0.58 >= 0.5 * 1 (9.3 samples would not do)
     assert [prefills for prefills, _, _ in backend.calls] == [[one], [one, two], [one, two]] + [[two]] * 6
     assert {n for _, n, _ in backend.calls} == {4}
-    assert [seed for _, _, seed in backend.calls] == [
-        unit_seed(3, "rollout:p", "sequential", r) for r in range(1, 10)
+    # each round continues a prefix's stream: completions 0-3, 4-7, 8-11 of step 1's, as fixed K draws them
+    first, second = prefix_seed(cfg, unit, one), prefix_seed(cfg, unit, two)
+    assert [seeds for _, _, seeds in backend.calls] == [
+        [first],
+        [first + 4, second],
+        [first + 8, second + 4],
+        *[[second + 4 * r] for r in range(2, 8)],
     ]
     assert est.spend[0].completions == 12 + 32
     assert rpe_labels(est.mc0, est.mc[0], 0.5) == [1, 0, 0]
@@ -345,6 +357,50 @@ def test_sequential_equals_fixed_on_the_tiny_model(tiny_backend: Backend) -> Non
     # MC_0 = 1 exact, alpha 0.05 / 8: 12 hits of 12 decide a step (lower bound 0.62 >= 0.5), 8 do not
     # (0.49); the prefix of b never hits: 16 misses, as in fixed K
     assert completions == [16 * 5, 12 * 4 + 16]
+
+
+class StreamBackend(Backend):
+    """Seeded per request like vLLM: completion i of a request with seed s hits the gold answer iff the
+    draw ``Random(s + i)`` falls below its prefill's rate."""
+
+    seeding = "request"
+
+    def __init__(self, rates: dict[str, float]) -> None:
+        self.rates = rates
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        import random
+
+        def text(seed: int, prefill: str) -> str:
+            return f"\\boxed{{{GOLD}}}" if random.Random(seed).random() < self.rates[prefill] else "no"
+
+        return [
+            GenerationResult(
+                [Sample(text((r.seed or 0) + i, r.prefill or ""), "stop", 1, 1) for i in range(params.n)]
+            )
+            for r in requests
+        ]
+
+
+def test_chunks_read_the_same_stream_as_one_call() -> None:
+    """On a backend seeded per request, sequential's and binary search's chunks are fixed K's samples."""
+    from components.method.sequential import estimate_sequential
+
+    steps = ["a", "b", "c", "d"]
+    rates = {prefix_text(steps, t): r for t, r in ((1, 0.6), (2, 0.5), (3, 0.45))}
+    backend = StreamBackend(rates)
+    cfg = LabelConfig(sampling="sequential", k_mid=32, chunk=4, epsilon=0.8, seed=11)
+    unit = Unit("rollout", "p", "Q?", GOLD, 0.6, [PathInput("p/0", steps, True)])
+    prefixes = list(rates)
+    whole = [hits for hits, _ in sample_counts(backend, cfg, unit, prefixes, 32)]
+    chunks = [sample_counts(backend, cfg, unit, prefixes, 4, [4 * c] * 3) for c in range(8)]
+    assert whole == [sum(chunk[i][0] for chunk in chunks) for i in range(3)]
+    # delta -> 0 decides nothing before K: the sequential mode is then fixed K, draw for draw
+    strict = dataclasses.replace(cfg, delta=1e-12)
+    fixed = estimate(backend, cfg, unit)
+    assert estimate_sequential(backend, strict, unit).mc == fixed.mc
+    assert 0 < fixed.mc[0][2] < 1
+    assert sum(s.completions for s in estimate_sequential(backend, cfg, unit).spend) <= 96
 
 
 def test_binary_search_finds_the_first_error() -> None:

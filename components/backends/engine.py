@@ -300,3 +300,34 @@ class Engine:
         sample = self.backend._sample(slot.gen, slot.prompt_len, job.params, lps, 0)
         slot.job = None  # the last generated token is not in the cache: the next prompt re-reads it
         return sample
+
+
+def generate_per_request(
+    backend: HFBackend, requests: list[GenerationRequest], params: SamplingParams
+) -> list[Any]:
+    """``HFBackend.generate`` with ``seeds: request``: every sample draws from a generator of its own.
+
+    Sample ``i`` of a request with seed ``s`` is seeded ``s + i`` (``sample_seed``, vLLM's rule), so its
+    text depends on its prompt, the params and that seed alone, not on the call around it (up to
+    floating-point effects of the batch): ``n=8, seed=s`` and ``n=4`` at ``s`` then ``s + 4`` give the
+    same eight samples. The samples decode through one :class:`Engine` of ``batch_size`` slots.
+    """
+    import dataclasses
+
+    from components.backends.base import GenerationResult, request_seeds, sample_seed
+
+    one = dataclasses.replace(params, n=1)
+    jobs = [(r, i) for r in range(len(requests)) for i in range(params.n)]
+    engine = Engine(backend, max(1, min(backend.cfg.batch_size, len(jobs))))
+    for (r, i), seed in zip(
+        jobs,
+        [sample_seed(s, i) for s in request_seeds(requests, params) for i in range(params.n)],
+        strict=True,
+    ):
+        engine.submit((r, i), dataclasses.replace(requests[r], seed=seed), one)
+    samples: dict[tuple[int, int], Sample] = {}
+    while engine.busy:
+        for key, sample in engine.step():
+            samples[key] = sample  # type: ignore[index]
+            engine.release(key)
+    return [GenerationResult([samples[(r, i)] for i in range(params.n)]) for r in range(len(requests))]

@@ -22,7 +22,8 @@ Semantics (see ``components.backends.base``):
   ``params.seed`` when no request has its own seed, else with a seed mixed from ``params.seed`` and every
   request's seed; the same call (seeds, inputs, batch size) gives the same outputs on CPU. Every row of
   a batch draws its own random numbers, so identical prompts still give independent samples.
-  ``cfg.seeds: none`` seeds nothing; ``request`` is refused (one generator serves the whole batch).
+  ``cfg.seeds: none`` seeds nothing. ``cfg.seeds: request`` decodes through the continuous-batching
+  engine instead, one generator per sample (``engine.generate_per_request``): vLLM's per-request seeds.
 
 Every model load of the project (policy, completer, teacher, GenPRM, the base model of ``train``, the
 pyfunc) goes through ``load_tokenizer`` / ``load_causal_lm``: a local directory is checked first
@@ -54,7 +55,7 @@ from components.backends.base import (
     derive_seed,
     render_prompt,
 )
-from components.platform.errors import ConfigError, GenPRMError
+from components.platform.errors import GenPRMError
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +216,7 @@ class HFBackend(Backend):
     name = "hf"
 
     def __init__(self, cfg: BackendConfig, model: Any = None, tokenizer: Any = None) -> None:
-        if cfg.seeds == "request":
-            raise ConfigError(
-                "backend.seeds: the hf backend seeds once per call (one generator for the batch); "
-                "use auto or none"
-            )
-        self.seeding = "none" if cfg.seeds == "none" else "call"
+        self.seeding: Literal["call", "request", "none"] = "call" if cfg.seeds == "auto" else cfg.seeds
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.tokenizer = tokenizer if tokenizer is not None else self._load_tokenizer(cfg.model)
@@ -255,6 +251,10 @@ class HFBackend(Backend):
         """One result per request (original order), ``params.n`` samples each."""
         if not requests:
             return []
+        if self.seeding == "request":
+            from components.backends.engine import generate_per_request
+
+            return generate_per_request(self, requests, params)
         prompts = [self._encode(r) for r in requests]
         items = [(r, s) for r in range(len(requests)) for s in range(params.n)]
         order = length_order([len(prompts[r]) for r, _ in items])

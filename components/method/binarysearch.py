@@ -9,8 +9,9 @@ last step's MC is the path's own answer (known, never sampled). MC_0 and K come 
 fixed K.
 
 Round r of a unit is ONE backend call, n = ``chunk``, holding every open probe of its paths (identical
-prefixes once, a probe's result shared by the paths having that prefix), seeded with
-``unit_seed(seed, unit key, "binary", r)``. Where monotonicity fails (a zero step before a positive one),
+prefixes once, a probe's result shared by the paths having that prefix), each probe continuing its
+prefix's completion stream (``montecarlo.prefix_seed``), so its draws are fixed K's first ones on a
+backend seeding per request. Where monotonicity fails (a zero step before a positive one),
 the search may land on another zero step than the scan's first one: that is the cost of the baseline.
 """
 
@@ -68,7 +69,7 @@ def binary_search(backend: Backend, cfg: SequentialSettings, unit: Unit) -> Sear
     k = k_for(mc0, cfg)
     bounds = [(1, len(p.steps) + 1) for p in unit.paths]
     probes: dict[str, _Probe] = {}
-    for round_ in range(1, 1 + sum(len(p.steps) for p in unit.paths) * (k // cfg.chunk + 1)):
+    for _round in range(1, 1 + sum(len(p.steps) for p in unit.paths) * (k // cfg.chunk + 1)):
         wanted: list[str] = []
         for i, path in enumerate(unit.paths):
             lo, hi, prefix = _search_step(*bounds[i], probes, path.steps, path.correct, k)
@@ -78,8 +79,9 @@ def binary_search(backend: Backend, cfg: SequentialSettings, unit: Unit) -> Sear
         wanted = list(dict.fromkeys(wanted))
         if not wanted:
             break
+        drawn = [probes[p].n for p in wanted]
         for prefix, (hits, cost) in zip(
-            wanted, sample_counts(backend, cfg, unit, wanted, cfg.chunk, "binary", round_), strict=True
+            wanted, sample_counts(backend, cfg, unit, wanted, cfg.chunk, drawn), strict=True
         ):
             probes[prefix].hits += hits
             probes[prefix].n += cfg.chunk

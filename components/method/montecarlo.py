@@ -15,9 +15,10 @@ For a path with steps s_1..s_T of a problem with gold answer g:
   (with K = ``k_low``) and the steps are labelled from their own MC values (see ``rpe_labels``).
 
 ``estimate`` does this for all paths of one problem in waves: wave t is ONE backend call holding the
-step-t prefixes of the paths still alive (identical prefixes once), n=K, seeded with
-``unit_seed(seed, unit.key, t)``. A call never mixes problems, so its samples depend only on the problem
-(not on sharding or resuming). The cost of a shared prefix is charged to the first path needing it.
+step-t prefixes of the paths still alive (identical prefixes once), n=K, each prefix's request seeded
+by its own stream (``prefix_seed``: the run's seed, the unit and the prefix text). A call never mixes
+problems, so its samples depend only on the problem (not on sharding or resuming). The cost of a
+shared prefix is charged to the first path needing it.
 
 ``label.sampling: sequential`` samples the same prefixes in chunks until their labels are decided
 (``components.method.sequential``); ``components.method.binarysearch`` is the binary-search baseline.
@@ -142,18 +143,38 @@ def score_samples(gold: str, prefill: str, texts: list[str]) -> tuple[int, int]:
     return hits, sum(a is None for a in answers)
 
 
+def prefix_seed(cfg: MCSettings, unit: Unit, prefill: str) -> int:
+    """The seed of a prefix's completion stream: completion ``i`` (0-based) is seeded ``prefix_seed + i``."""
+    from components.backends.base import derive_seed
+
+    seed = derive_seed(cfg.seed, unit.key, prefill)
+    assert seed is not None
+    return seed
+
+
 def sample_counts(
-    backend: Backend, cfg: MCSettings, unit: Unit, prefills: list[str], n: int, *seed_parts: object
+    backend: Backend, cfg: MCSettings, unit: Unit, prefills: list[str], n: int, drawn: list[int] | None = None
 ) -> list[tuple[int, Spend]]:
-    """ONE backend call: n completions of each prefill, seeded ``unit_seed(seed, unit key, *seed_parts)``;
-    (completions reaching gold, cost) per prefill."""
+    """ONE backend call: completions ``drawn[i] .. drawn[i] + n - 1`` of each prefill's stream (request
+    seed ``prefix_seed + drawn[i]``; ``drawn`` None: from 0); (completions reaching gold, cost) per prefill.
+
+    On a backend seeding per request (vLLM, ``hf`` with ``seeds: request``) completion ``i`` of a prefix
+    is the same draw in every mode, so sequential and binary search read fixed K's own first samples.
+    """
     from components.method.prompts import chat_messages
 
     messages = chat_messages(unit.problem)
-    requests = [GenerationRequest(messages=messages, prefill=p) for p in prefills]
-    seed = unit_seed(cfg.seed, unit.key, *seed_parts)
+    offsets = drawn if drawn is not None else [0] * len(prefills)
+    requests = [
+        GenerationRequest(messages=messages, prefill=p, seed=prefix_seed(cfg, unit, p) + o)
+        for p, o in zip(prefills, offsets, strict=True)
+    ]
     params = SamplingParams(
-        n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed
+        n=n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_tokens=cfg.max_tokens,
+        seed=unit_seed(cfg.seed, unit.key),
     )
     scored = []
     for prefill, result in zip(prefills, backend.generate(requests, params), strict=True):
@@ -164,10 +185,10 @@ def sample_counts(
 
 
 def sample_prefixes(
-    backend: Backend, cfg: MCSettings, unit: Unit, prefills: list[str], k: int, wave: int
+    backend: Backend, cfg: MCSettings, unit: Unit, prefills: list[str], k: int
 ) -> list[tuple[float, Spend]]:
-    """ONE backend call: K completions of each prefill; (fraction reaching gold, cost) per prefill."""
-    return [(hits / k, cost) for hits, cost in sample_counts(backend, cfg, unit, prefills, k, wave)]
+    """ONE backend call: the first K completions of each prefill; (fraction reaching gold, cost) each."""
+    return [(hits / k, cost) for hits, cost in sample_counts(backend, cfg, unit, prefills, k)]
 
 
 def wave_zero(backend: Backend, cfg: MCSettings, unit: Unit, spend: list[Spend]) -> float:
@@ -176,7 +197,7 @@ def wave_zero(backend: Backend, cfg: MCSettings, unit: Unit, spend: list[Spend])
 
     if unit.mc0 is not None:
         return unit.mc0
-    [(mc0, cost)] = sample_prefixes(backend, cfg, unit, [STEP_PREFILL], cfg.mc0_samples, wave=0)
+    [(mc0, cost)] = sample_prefixes(backend, cfg, unit, [STEP_PREFILL], cfg.mc0_samples)
     spend[0].add(cost)
     return mc0
 
@@ -195,7 +216,7 @@ def estimate(backend: Backend, cfg: MCSettings, unit: Unit) -> Estimate:
                 owners.setdefault(prefix_text(path.steps, wave), []).append(i)
         if not owners:
             break
-        results = sample_prefixes(backend, cfg, unit, list(owners), k, wave)
+        results = sample_prefixes(backend, cfg, unit, list(owners), k)
         for paths, (value, cost) in zip(owners.values(), results, strict=True):
             spend[paths[0]].add(cost)
             for i in paths:

@@ -24,9 +24,11 @@ exactly as in fixed K. Step t+1 is opened once step t has a hit (the path is the
 steps of a path are sampled side by side rather than one wave after another.
 
 Calls: round r of a unit is ONE backend call, n = chunk, holding every prefix of the unit that still
-needs samples (identical prefixes of different paths once, their counts shared), seeded with
-``unit_seed(seed, unit key, "sequential", r)``; MC_0 (wave 0) is the fixed-K call itself, so both modes
-start from the same MC_0 and K. A call never mixes problems: results depend only on the problem, so
+needs samples (identical prefixes of different paths once, their counts shared); a prefix with n
+completions so far asks for completions n .. n + chunk - 1 of its stream (``prefix_seed``), so on a
+backend seeding per request (vLLM, ``hf`` with ``seeds: request``) its samples are fixed K's first ones
+and the two modes differ only by where they stop. MC_0 (wave 0) is the fixed-K call itself, so both
+modes start from the same MC_0 and K. A call never mixes problems: results depend only on the problem, so
 journals, shards and resumes work as in fixed K.
 """
 
@@ -197,11 +199,12 @@ def estimate_sequential(backend: Backend, cfg: SequentialSettings, unit: Unit) -
     mc0 = wave_zero(backend, cfg, unit, spend)
     k = k_for(mc0, cfg)
     state = _State(cfg, unit, mc0, k)
-    for round_ in range(1, 1 + sum(len(e.prefixes) for e in state.paths) * (k // cfg.chunk + 1)):
+    for _round in range(1, 1 + sum(len(e.prefixes) for e in state.paths) * (k // cfg.chunk + 1)):
         prefixes = list(dict.fromkeys(p for entry in state.paths for p in state.wanted(entry)))
         if not prefixes:
             break
-        results = sample_counts(backend, cfg, unit, prefixes, cfg.chunk, "sequential", round_)
+        drawn = [state.counts[p].n for p in prefixes]
+        results = sample_counts(backend, cfg, unit, prefixes, cfg.chunk, drawn)
         for prefix, (hits, cost) in zip(prefixes, results, strict=True):
             counts = state.counts[prefix]
             counts.hits += hits
