@@ -14,6 +14,8 @@
   fixed-K runs drawing different samples agree.
 - sequential (``label.sampling: sequential``, ``components.method.sequential``): chunks of ``--chunk``
   until each step's labels are decided with confidence >= 1 - ``--delta``, never past K.
+- seq. predictive (``label.decide: predictive``, ``components.method.predictive``): the same chunks, each
+  step stopping once the label fixed K would write is decided with posterior probability >= 1 - delta.
 - binary (``components.method.binarysearch``): hard-MC first error by binary search (a baseline; hard
   labels only).
 
@@ -30,8 +32,8 @@ MC_0, and naive needs it); ProcessBench records (``--records`` of them, with gol
 from wave 0 of the completer, the same call in every mode. Printed per mode: calls, completions,
 generated tokens, wall time, the token ratio against fixed K and naive, the step-label agreement with
 fixed K (RPE and hard-MC labels, over every step of every path the mode labelled), and the ProcessBench
-label F1 (RPE and hard-MC first errors against the gold ones). Targets (issue 18): sequential agrees with
-fixed on >= 97% of steps, its F1 is within 1 point, and it generates >= 2x fewer tokens.
+label F1 (RPE and hard-MC first errors against the gold ones). Targets (issue 18): a sequential mode
+agrees with fixed on >= 97% of steps, its F1 is within 1 point, and it generates >= 2x fewer tokens.
 
 The paths are the first ``--problems`` problems of the rollout table's kept paths when it exists;
 otherwise synthetic problems, each with its gold solution and three solutions with one injected error
@@ -324,10 +326,13 @@ def main(argv: list[str] | None = None) -> None:
         with make_backend(cfg.completer) as backend:
             estimate(backend, cfg, sets["rollout"][0])  # warm-up
             modes = [("naive", "naive"), ("fixed", "fixed"), ("fixed, seed 1", "fixed")]
-            modes += [("sequential", "sequential"), ("binary (hard)", "binary")]
+            modes += [("sequential", "sequential"), ("seq. predictive", "sequential")]
+            modes += [("binary (hard)", "binary")]
             runs: dict[str, dict[str, Result]] = {}
             for name, mode in modes:
                 run_cfg = dataclasses.replace(cfg, seed=1) if name == "fixed, seed 1" else cfg
+                if name == "seq. predictive":
+                    run_cfg = dataclasses.replace(cfg, decide="predictive")
                 runs[name] = {
                     kind: timed(name, mode, backend, run_cfg, units)
                     for kind, units in sets.items()

@@ -9,8 +9,10 @@ finished label stage instead: each step prefix of ``labels.parquet`` and ``proce
 the bare prompt), and the real ``estimate`` / ``estimate_sequential`` sample it through the ``Backend``
 interface (a completion is ``\\boxed{gold}`` with that probability). So the decision rule and its call
 pattern are the real ones on realistic rates, on every path. ``--scale`` multiplies every K (4: the
-paper's 128/64/32). Printed per seed: completions of fixed K, of a second fixed-K run (other seed) and of
-sequential, the ratio, the step-label agreement of each with fixed K and the ProcessBench label F1s.
+paper's 128/64/32). Printed per seed: completions of fixed K and of a second fixed-K run (other seed),
+then for each sequential rule (``decide``: interval, predictive) its completions, the ratio, the
+step-label agreement with fixed K and the ProcessBench label F1s. The replay is seeded per request, so
+every mode reads the same completion stream of a prefix (as on vLLM, or ``hf`` with ``seeds: request``).
 """
 
 from __future__ import annotations
@@ -137,14 +139,18 @@ def main(argv: list[str] | None = None) -> None:
         other, c_other, pb_other = labels_of(
             estimate, replay, dataclasses.replace(cfg, seed=2 * seed + 1), units
         )
-        seq, c_seq, pb_seq = labels_of(estimate_sequential, replay, cfg, units)
-
         print(
-            f"seed {seed}: completions fixed {c_fixed}, fixed (other seed) {c_other}, sequential {c_seq} "
-            f"(fixed/sequential {c_fixed / c_seq:.2f}x); step agreement with fixed: other seed "
-            f"{agree(other, fixed)}, sequential {agree(seq, fixed)}; F1 fixed {f1(pb_fixed, gold)}, "
-            f"other seed {f1(pb_other, gold)}, sequential {f1(pb_seq, gold)}"
+            f"seed {seed}: completions fixed {c_fixed}, fixed (other seed) {c_other}; step agreement of "
+            f"the other seed with fixed {agree(other, fixed)}; F1 fixed {f1(pb_fixed, gold)}, other seed "
+            f"{f1(pb_other, gold)}"
         )
+        for decide in ("interval", "predictive"):
+            rule = dataclasses.replace(cfg, decide=decide)
+            seq, c_seq, pb_seq = labels_of(estimate_sequential, replay, rule, units)
+            print(
+                f"  sequential ({decide}): completions {c_seq} (fixed/sequential {c_fixed / c_seq:.2f}x), "
+                f"step agreement with fixed {agree(seq, fixed)}, F1 {f1(pb_seq, gold)}"
+            )
 
 
 if __name__ == "__main__":

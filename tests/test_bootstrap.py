@@ -360,3 +360,14 @@ def test_cli_without_prepared_data_exits_2(workdir: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "data/prepared/test.parquet" in result.stderr
     assert "Traceback" not in result.output and result.stdout == ""
+
+
+def test_bf16_autocast_only_where_the_cpu_has_native_bf16(caplog: pytest.LogCaptureFixture) -> None:
+    """Emulated bf16 (an AVX2-only CPU) made a pretraining step ~20 s: autocast needs native support."""
+    from components.world.pretrain import use_bf16_autocast
+
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert use_bf16_autocast(False) is False
+    with caplog.at_level("INFO"):
+        assert use_bf16_autocast(True) is native
+    assert ("no native bf16" in caplog.text) is not native

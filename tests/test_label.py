@@ -403,6 +403,45 @@ def test_chunks_read_the_same_stream_as_one_call() -> None:
     assert sum(s.completions for s in estimate_sequential(backend, cfg, unit).spend) <= 96
 
 
+def test_predictive_distribution_of_fixed_k_hits() -> None:
+    from components.method.predictive import final_hits, p_fixed_passes
+
+    dist = final_hits(3, 8, 16)
+    assert min(dist) == 3 and max(dist) == 11 and sum(dist.values()) == pytest.approx(1.0)
+    assert final_hits(5, 16, 16) == {5: 1.0}  # every completion drawn: fixed K's count is known
+    # exact values: MC_0 0.19 against K = 32 needs 5 hits (5/32 / 0.19 = 0.82 >= 0.8, 4/32 fails)
+    assert p_fixed_passes(0.19, (5, 32), 32, 0.8) == 1.0 and p_fixed_passes(0.19, (4, 32), 32, 0.8) == 0.0
+    # 12 of 16 against 10 of 32: fixed K needs 8 of 32, so 12 already pass
+    assert p_fixed_passes((10, 32), (12, 16), 32, 0.8) == pytest.approx(1.0)
+    undecided = p_fixed_passes((10, 32), (2, 8), 32, 0.8)
+    assert 0.2 < undecided < 0.8
+    assert p_fixed_passes((10, 32), 1.0, 32, 0.8) == 1.0 and p_fixed_passes((10, 32), 0.0, 32, 0.8) == 0.0
+    # the previous prefix can still end at 0 hits (fixed K's path dead there): no pass from that mass
+    assert p_fixed_passes((0, 4), (4, 4), 8, 0.8) < 1.0
+
+
+def test_predictive_rule_stops_where_fixed_k_is_settled() -> None:
+    """Step 1 hits every time against an exact MC_0 of 0.5: fixed K (32) would need 13 hits of 32, so
+    after 12 of 12 the label is settled with posterior >= 1 - delta; the interval rule needs more."""
+    from components.method.sequential import estimate_sequential
+
+    steps = ["a", "b"]
+    backend = ScriptedBackend({prefix_text(steps, 1): 4})
+    cfg = LabelConfig(sampling="sequential", decide="predictive", k_mid=32, chunk=4, epsilon=0.8)
+    unit = Unit("rollout", "p", "Q?", GOLD, 0.5, [PathInput("p/0", steps, True)])
+    predictive = estimate_sequential(backend, cfg, unit)
+    interval = estimate_sequential(
+        ScriptedBackend({prefix_text(steps, 1): 4}), dataclasses.replace(cfg, decide="interval"), unit
+    )
+    assert predictive.mc == interval.mc == [[1.0, 1.0]]
+    done = [sum(s.completions for s in e.spend) for e in (predictive, interval)]
+    assert done[0] < done[1] <= 32 and done[0] <= 12
+    from components.platform.config import build_config
+
+    with pytest.raises(ConfigError, match=r"label\.decide"):
+        build_config(LabelConfig, {"decide": "bayes"}, "label")
+
+
 def test_binary_search_finds_the_first_error() -> None:
     from components.method.binarysearch import binary_search
 

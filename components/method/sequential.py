@@ -17,6 +17,11 @@ are decided, never past K:
   the interval of its ``mc0_samples`` completions; the last step's MC (the path's own answer) is exact.
   A step whose previous MC is 0 is labelled by the hard rule (``rpe_labels``).
 
+``decide: predictive`` (``components.method.predictive``) decides instead the label fixed K would
+write: a step stops once that label equals the current estimates' label with posterior probability
+>= 1 - delta; a step whose own prefix has K samples and is still undecided then samples the previous
+prefix (its denominator).
+
 A step's test is re-evaluated every round from the counts so far, so the labels written are always
 ``rpe_labels`` / ``hard_labels`` of the final point estimates (a decided label agrees with them, since a
 point estimate lies in its interval); a step still undecided at K is labelled from its K-sample estimate
@@ -53,6 +58,7 @@ from components.method.montecarlo import (
     sample_counts,
     wave_zero,
 )
+from components.method.predictive import p_fixed_passes
 
 
 class SequentialSettings(MCSettings, Protocol):
@@ -64,6 +70,8 @@ class SequentialSettings(MCSettings, Protocol):
     def delta(self) -> float: ...
     @property
     def chunk(self) -> int: ...
+    @property
+    def decide(self) -> str: ...
 
 
 def _binomial_tail(hits: int, n: int, p: float, upper: bool) -> float:
@@ -111,6 +119,14 @@ class Interval:
     hi: float
 
 
+def _value(mc: tuple[int, int] | float) -> float | None:
+    """The point estimate of an MC given as (hits, n) or exactly; None before any sample."""
+    if isinstance(mc, float):
+        return mc
+    hits, n = mc
+    return hits / n if n else None
+
+
 def rpe_decided(previous: Interval, current: Interval, epsilon: float) -> bool:
     """Whether the ratio test current / previous >= epsilon is decided by the two intervals."""
     if previous.value == 0:
@@ -156,6 +172,41 @@ class _State:
         lo, hi = clopper_pearson(c.hits, c.n, self.alpha)
         return Interval(c.hits / c.n if c.n else 0.0, lo, hi)
 
+    def counts_of(self, entry: _Path, t: int) -> tuple[int, int] | float:
+        """MC_t of ``entry`` as (hits, n) of its prefix, or its exact value (MC_0, the last step)."""
+        if t == 0:
+            return self.mc0
+        if t == len(entry.path.steps):
+            return float(entry.path.correct)
+        c = self.counts[entry.prefixes[t - 1]]
+        return c.hits, c.n
+
+    def decided(self, entry: _Path, t: int) -> bool:
+        """Whether step t's RPE label is decided, by the interval or the predictive rule."""
+        if self.cfg.decide == "interval":
+            return rpe_decided(self.interval(entry, t - 1), self.interval(entry, t), self.cfg.epsilon)
+        previous, current = self.counts_of(entry, t - 1), self.counts_of(entry, t)
+        before, now = _value(previous), _value(current)
+        if before == 0:
+            return True  # labelled by the hard rule, decided with the hard label
+        if before is None or now is None:
+            return False
+        label = now / before >= self.cfg.epsilon - RATIO_TOLERANCE
+        passes = p_fixed_passes(previous, current, self.k, self.cfg.epsilon)
+        return (passes if label else 1 - passes) >= 1 - self.cfg.delta
+
+    def to_sample(self, entry: _Path, t: int) -> str | None:
+        """The prefix an undecided step t samples next: its own (the last step: the previous one); in
+        the predictive rule, the previous one once its own has K."""
+        steps = len(entry.path.steps)
+        own = entry.prefixes[min(t, steps - 1) - 1]
+        if self.counts[own].n < self.k:
+            return own
+        if self.cfg.decide == "predictive" and 2 <= t < steps:
+            previous = entry.prefixes[t - 2]
+            return previous if self.counts[previous].n < self.k else None
+        return None
+
     def wanted(self, entry: _Path) -> list[str]:
         """The prefixes of ``entry`` that need another chunk: an undecided label, fewer than K samples."""
         wanted: list[str] = []
@@ -165,11 +216,10 @@ class _State:
             if own is not None and own.hits == 0 and own.n < self.k:
                 wanted.append(entry.prefixes[t - 1])  # hard label undecided: the path waits here
                 break
-            decided = rpe_decided(self.interval(entry, t - 1), self.interval(entry, t), self.cfg.epsilon)
-            if not decided and steps > 1:
-                sampled = self.counts[entry.prefixes[min(t, steps - 1) - 1]]
-                if sampled.n < self.k:
-                    wanted.append(entry.prefixes[min(t, steps - 1) - 1])
+            if steps > 1 and not self.decided(entry, t):
+                prefix = self.to_sample(entry, t)
+                if prefix is not None:
+                    wanted.append(prefix)
             if own is not None and own.hits == 0:
                 break  # K misses: the path is dead after step t
         return wanted

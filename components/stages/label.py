@@ -79,6 +79,7 @@ METRICS_PATH = Path("metrics/label.json")
 PLOT_PATH = Path("plots/label_epsilon.json")
 TABLES = {"rollout": "labels", "processbench": "processbench_labels"}
 Sampling = Literal["fixed", "sequential"]
+Decide = Literal["interval", "predictive"]
 __all__ = ["LabelConfig", "load_units", "main", "processbench_units", "rollout_units", "run"]
 
 
@@ -106,6 +107,12 @@ class LabelConfig:
         help="'fixed': every live step prefix gets its K completions; 'sequential': completions in chunks "
         "of `chunk`, stopping once the step's labels are decided with confidence >= 1 - delta (never "
         "past K; components/method/sequential.py).",
+    )
+    decide: Decide = option(
+        "interval",
+        help="sequential: 'interval' decides the label of the true MC values (Clopper-Pearson, "
+        "P(wrong) <= delta); 'predictive' decides the label fixed K would write (posterior "
+        "P(it differs) <= delta; components/method/predictive.py).",
     )
     delta: float = option(0.05, help="sequential: error probability bound of a decided RPE label.")
     chunk: int = option(4, help="sequential: completions per prefix per round (must divide every K).")
