@@ -1,7 +1,7 @@
 """Replay: fixed K against sequential labelling on a whole label table, with Bernoulli completions.
 
     python benchmarks/labeling_replay.py [--labels data/label] [--scale 1] [--seeds 3]
-                                         [--delta 0.05] [--chunk 4]
+                                         [--delta 0.05 ...] [--chunk 4]
 
 ``benchmarks/labeling.py`` runs the real policy, which on CPU affords a few problems. This replays a
 finished label stage instead: each step prefix of ``labels.parquet`` and ``processbench_labels.parquet``
@@ -125,13 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels", type=Path, default=Path("data/label"))
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--delta", type=float, default=0.05)
+    parser.add_argument(
+        "--delta", type=float, nargs="+", default=[0.05], help="one or more deltas (each rule, each delta)"
+    )
     parser.add_argument("--chunk", type=int, default=4)
     args = parser.parse_args(argv)
     units, rates, gold = load(args.labels)
     replay = Replay(rates)
     base = LabelConfig(k_low=32 * args.scale, k_mid=16 * args.scale, k_high=8 * args.scale)
-    base = dataclasses.replace(base, sampling="sequential", delta=args.delta, chunk=args.chunk)
+    base = dataclasses.replace(base, sampling="sequential", chunk=args.chunk)
     print(f"{len(units)} units, K x {args.scale}, delta {args.delta}, chunk {args.chunk}")
     for seed in range(args.seeds):
         cfg = dataclasses.replace(base, seed=2 * seed)
@@ -144,12 +146,13 @@ def main(argv: list[str] | None = None) -> None:
             f"the other seed with fixed {agree(other, fixed)}; F1 fixed {f1(pb_fixed, gold)}, other seed "
             f"{f1(pb_other, gold)}"
         )
-        for decide in ("interval", "predictive"):
-            rule = dataclasses.replace(cfg, decide=decide)
+        for decide, delta in [(d, x) for x in args.delta for d in ("interval", "predictive")]:
+            rule = dataclasses.replace(cfg, decide=decide, delta=delta)
             seq, c_seq, pb_seq = labels_of(estimate_sequential, replay, rule, units)
             print(
-                f"  sequential ({decide}): completions {c_seq} (fixed/sequential {c_fixed / c_seq:.2f}x), "
-                f"step agreement with fixed {agree(seq, fixed)}, F1 {f1(pb_seq, gold)}"
+                f"  sequential ({decide}, delta {delta}): completions {c_seq} "
+                f"(fixed/sequential {c_fixed / c_seq:.2f}x), step agreement with fixed {agree(seq, fixed)}, "
+                f"F1 {f1(pb_seq, gold)}"
             )
 
 
