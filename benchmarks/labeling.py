@@ -108,9 +108,9 @@ def naive_estimate(backend: Backend, cfg: LabelConfig, unit: Unit) -> Estimate:
             params = SamplingParams(
                 n=1, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
             )
+            stream = prefix_seed(cfg, unit, prefill)
             for j in range(k):
-                seed = prefix_seed(cfg, unit, prefill) + j  # completion j of the prefix's stream
-                request = GenerationRequest(messages=messages, prefill=prefill, seed=seed)
+                request = GenerationRequest(messages=messages, prefill=prefill, seed=stream + j)
                 [result] = backend.generate([request], params)
                 sample = result.samples[0]
                 hit, no_answer = score_samples(unit.gold, prefill, [sample.text])

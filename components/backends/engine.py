@@ -317,14 +317,10 @@ def generate_per_request(
     from components.backends.base import GenerationResult, request_seeds, sample_seed
 
     one = dataclasses.replace(params, n=1)
-    jobs = [(r, i) for r in range(len(requests)) for i in range(params.n)]
-    engine = Engine(backend, max(1, min(backend.cfg.batch_size, len(jobs))))
-    for (r, i), seed in zip(
-        jobs,
-        [sample_seed(s, i) for s in request_seeds(requests, params) for i in range(params.n)],
-        strict=True,
-    ):
-        engine.submit((r, i), dataclasses.replace(requests[r], seed=seed), one)
+    engine = Engine(backend, max(1, min(backend.cfg.batch_size, len(requests) * params.n)))
+    for r, seed in enumerate(request_seeds(requests, params)):
+        for i in range(params.n):
+            engine.submit((r, i), dataclasses.replace(requests[r], seed=sample_seed(seed, i)), one)
     samples: dict[tuple[int, int], Sample] = {}
     while engine.busy:
         for key, sample in engine.step():

@@ -64,16 +64,14 @@ def p_fixed_passes(
     """P(fixed K's ratio test MC_t >= epsilon * MC_{t-1} passes), each MC given as (hits, n) of a prefix
     sampled K times in fixed K, or as an exact value (MC_0 given, the last step's own answer)."""
     now = {round(current * k): 1.0} if isinstance(current, float) else final_hits(*current, k)
-    before = {previous: 1.0} if isinstance(previous, float) else final_hits_share(*previous, k)
+    if isinstance(previous, float):
+        exact, before = True, {previous: 1.0}
+    else:
+        exact, before = False, {h / k: p for h, p in final_hits(*previous, k).items()}
     total = 0.0
     for value, p in before.items():
-        if value == 0 and not isinstance(previous, float):
+        if value == 0 and not exact:
             continue  # fixed K's path died at the previous step: this step is labelled 0
         needed = math.ceil((epsilon - RATIO_TOLERANCE) * value * k - 1e-9)
         total += p * _at_least(now, max(needed, 0))
     return total
-
-
-def final_hits_share(hits: int, n: int, k: int) -> dict[float, float]:
-    """:func:`final_hits` as MC values (hits / K)."""
-    return {h / k: p for h, p in final_hits(hits, n, k).items()}
