@@ -36,6 +36,7 @@ from components.method.scorer import (
     GenPRMScorer,
     ScoredSolution,
     ScorerConfig,
+    scored_solution,
     verdict_stats,
 )
 from components.sandbox import Sandbox, SandboxConfig
@@ -250,7 +251,7 @@ def test_scorer_averages_samples_and_scores_missing_verdicts_as_wrong(sandbox: S
     assert scored.samples == [[1.0, 0.0]] * 3
     assert scored.rewards(2) == [1.0, 0.0]
     assert scored.code_runs == 6 and scored.code_failures == 0
-    assert scored.source_counts == {"logprobs": 0, "verdict_text": 6, "none": 0}
+    assert scored.source_counts == {"logprobs": 0, "verdict_text": 6, "none": 0, "cut": 0}
 
     def silent(user: str, prefill: str) -> str:
         return "I cannot decide."
@@ -345,3 +346,81 @@ def test_paper_decoding_stops_at_max_rounds_and_without_execution(sandbox: Sandb
     nocode = Chain("Problem", ["a"])
     run_chains(ScriptedBackend(coder), [nocode], CritiqueSettings(decoding="paper", execute=False), sandbox)
     assert nocode.turns[0].statuses == [] and nocode.turns[0].verdict == 0
+
+
+# ----- a conversation that outgrows the model's context window -----
+
+
+def chars(request: GenerationRequest) -> int:
+    """The 'tokens' of a prompt for WindowBackend: its characters."""
+    assert request.messages is not None
+    return sum(len(m["content"]) for m in request.messages) + len(request.prefill)
+
+
+class WindowBackend(ScriptedBackend):
+    """A ScriptedBackend with a context window of ``window`` characters, counting prompts in characters;
+    it records every request and fails the test on one that does not fit."""
+
+    def __init__(self, script: Script, window: int | None) -> None:
+        super().__init__(script)
+        self.window = window
+        self.sent: list[int] = []  # the prompt length of every request, in order
+
+    def context_window(self) -> int | None:
+        return self.window
+
+    def prompt_length(self, request: GenerationRequest) -> int | None:
+        return chars(request)
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[GenerationResult]:
+        for request in requests:
+            assert self.window is None or chars(request) + params.max_tokens <= self.window
+            self.sent.append(chars(request))
+        return super().generate(requests, params)
+
+
+def verifies_or_answers(user: str, prefill: str) -> str:
+    """``verifier``, which also states a verdict when the forced verdict prefill asks for one."""
+    return "{Yes}$\n</output>" if prefill.endswith(VERDICT_PREFILL) else verifier(user, prefill)
+
+
+STEPS = ["total = 20", "total = total + 2", "total = total + 1"]
+
+
+def unlimited_run(sandbox: Sandbox) -> tuple[list[int], int, int]:
+    """Verdicts without a window, the longest prompt of steps 1-2, and step 3's first prompt."""
+    backend = WindowBackend(verifies_or_answers, None)
+    chain = Chain("Problem", STEPS)
+    run_chains(backend, [chain], CritiqueSettings(), sandbox)
+    assert len(backend.sent) == 6  # a code round and a verdict round per step
+    first_two, third = max(backend.sent[:4]), backend.sent[4]
+    assert third > first_two  # the conversation grows with every turn
+    return [t.verdict for t in chain.turns], first_two, third  # type: ignore[misc]
+
+
+def test_a_round_that_does_not_fit_gives_way_to_the_forced_verdict(sandbox: Sandbox) -> None:
+    verdicts, _, third = unlimited_run(sandbox)
+    # Step 3's code round (max_tokens) does not fit; its verdict round (16 tokens) does.
+    verdict_room = len(VERDICT_PREFILL) + 16
+    backend = WindowBackend(verifies_or_answers, third + verdict_room)
+    chain = Chain("Problem", STEPS)
+    run_chains(backend, [chain], CritiqueSettings(max_tokens=verdict_room + 1), sandbox)
+    assert [t.verdict for t in chain.turns[:2]] == verdicts[:2]
+    last = chain.turns[2]
+    assert last.forced and not last.cut and last.rounds == 0 and last.verdict == 1
+    assert len(backend.sent) == 5
+
+
+def test_a_chain_that_outgrows_the_window_is_cut_short(sandbox: Sandbox) -> None:
+    verdicts, _, third = unlimited_run(sandbox)
+    verdict_room = len(VERDICT_PREFILL) + 16
+    backend = WindowBackend(verifies_or_answers, third + verdict_room - 1)  # not even the verdict fits
+    chains = [Chain("Problem", STEPS), Chain("Problem", STEPS[:2])]
+    run_chains(backend, chains, CritiqueSettings(max_tokens=verdict_room), sandbox)
+    cut, whole = chains
+    assert [t.verdict for t in cut.turns] == [*verdicts[:2], None]
+    assert [t.cut for t in cut.turns] == [False, False, True] and cut.session is None
+    assert [t.verdict for t in whole.turns] == verdicts[:2] and not any(t.cut for t in whole.turns)
+    scored = [scored_solution([c]) for c in chains]
+    stats = verdict_stats([s.source_counts for s in scored])
+    assert (stats["missing"], stats["cut_by_context"], stats["turns"]) == (1, 1, 5)

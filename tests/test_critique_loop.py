@@ -17,6 +17,8 @@ from conftest_backends import arithmetic_prompts, build_tiny_model
 from components.backends.base import BackendConfig, GenerationRequest, SamplingParams, make_backend
 from components.backends.engine import Engine
 from components.backends.hf import HFBackend
+from components.method.critique import Chain
+from components.method.prompts import GENPRM_SYSTEM_PROMPT
 from components.method.scorer import GenPRMScorer, ScorerConfig
 from components.sandbox import Sandbox, SandboxConfig
 
@@ -122,3 +124,35 @@ def test_a_chain_samples_the_same_whatever_runs_beside_it(
     assert together.critiques == alone.critiques and together.samples == alone.samples
     assert alone.samples[0] != alone.samples[1] or alone.critiques  # two samples, two seeds
     scorer.close()
+
+
+def test_both_loops_stop_a_chain_at_the_context_window(
+    model_dir: Path, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = ScorerConfig(
+        model=BackendConfig(model=str(model_dir), batch_size=4), temperature=0.0, max_tokens=16
+    )
+    backend = make_backend(cfg.model)
+    assert isinstance(backend, HFBackend) and backend.context_window() == 2048  # the tiny model's config
+    first = Chain(*solutions()[0])
+    first.start("free")
+    window = backend.prompt_length(first.request(GENPRM_SYSTEM_PROMPT)) + 80  # type: ignore[operator]
+    encoded: list[int] = []
+    encode = backend._encode
+
+    def recording_encode(request: GenerationRequest) -> list[int]:
+        ids = encode(request)
+        encoded.append(len(ids))
+        return ids
+
+    monkeypatch.setattr(backend, "_encode", recording_encode)
+    monkeypatch.setattr(backend, "context_window", lambda: window)
+    runs = {}
+    for loop in ("lockstep", "continuous"):
+        scorer = GenPRMScorer(replace(cfg, loop=loop), backend=backend, sandbox=sandbox)  # type: ignore[arg-type]
+        runs[loop] = scorer.score(solutions(), samples=2)
+    assert max(encoded) + cfg.max_tokens <= window
+    for old, new in zip(runs["lockstep"], runs["continuous"], strict=True):
+        assert new.critiques == old.critiques and new.source_counts == old.source_counts
+    cut = sum(s.source_counts["cut"] for s in runs["lockstep"])
+    assert 0 < cut < sum(len(s.samples) * len(s.samples[0]) for s in runs["lockstep"])

@@ -49,6 +49,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.models: list[dict[str, Any]] = []  # what GET /v1/models lists
         self.in_flight = 0
         self.peak = 0  # most requests in flight at once
         self.reply: Callable[[str, dict[str, Any], int], Reply] = lambda path, body, count: (404, None)
@@ -84,6 +85,14 @@ class FakeServer:
                 self.send_header("Content-Length", str(len(data)))
                 if status == 429:
                     self.send_header("Retry-After", "0")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # /v1/models: the cards ``server.models`` holds
+                data = json.dumps({"object": "list", "data": server.models}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -274,6 +283,24 @@ def pool_backend(urls: list[str], **overrides: Any) -> OpenAIBackend:
 
 def _prompts(count: int) -> list[GenerationRequest]:
     return [GenerationRequest(prompt=f"p{i}") for i in range(count)]
+
+
+def test_the_context_window_is_the_smallest_any_server_reports(fakes: list[FakeServer]) -> None:
+    fakes[0].models = [{"id": "other", "max_model_len": 64}, {"id": NO_MODEL, "max_model_len": 4096}]
+    fakes[1].models = [{"id": NO_MODEL, "max_model_len": 2048}]
+    backend = OpenAIBackend(
+        BackendConfig(backend="openai", model=NO_MODEL, base_urls=[f.url for f in fakes]), backoff_s=0.01
+    )
+    assert backend.context_window() == 2048
+    assert backend.prompt_length(PROMPT[0]) is None  # no local tokenizer: the loop cannot count
+    backend.close()
+
+
+def test_no_context_window_where_no_server_reports_one(fake: FakeServer) -> None:
+    fake.models = [{"id": "another-model", "max_model_len": 64}, {"id": NO_MODEL}]  # transformers serve
+    backend = fake_backend(fake)
+    assert backend.context_window() is None
+    backend.close()
 
 
 def test_requests_spread_over_servers_within_the_per_server_bound(fakes: list[FakeServer]) -> None:

@@ -95,6 +95,7 @@ def test_in_process_vllm_backend(vllm_model: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["seeding"] == "none"  # CPU: no seed reaches the engine
+    assert report["window"] == 1024  # the max_model_len it was built with
     assert len(report["n_texts"]) == 4 and _distinct(report["n_texts"]) > 1
     greedy = report["greedy"]
     assert greedy["tokens"] == len(greedy["logprobs"]) > 0
@@ -171,6 +172,7 @@ def _requests(count: int) -> list[GenerationRequest]:
 
 def test_served_n_logprobs_and_stop_strings(served: str, vllm_model: Path) -> None:
     with served_backend(served, vllm_model, "none") as backend:
+        assert backend.context_window() == 2048  # --max-model-len, as GET /v1/models reports it
         [result] = backend.generate(_requests(1), SamplingParams(n=4, temperature=1.0, max_tokens=16))
         assert len(result.samples) == 4 and backend.supports_n is True  # vLLM honours n: one request
         assert _distinct([s.text for s in result.samples]) > 1

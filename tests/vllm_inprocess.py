@@ -21,6 +21,7 @@ def main(model: str, out: Path) -> None:
     report: dict = {}
     with make_backend(cfg) as backend:
         report["seeding"] = backend.seeding
+        report["window"] = backend.context_window()
         chat = [{"role": "user", "content": "Compute 3 + 4 step by step."}]
         request = GenerationRequest(messages=chat, prefill="Step 1:")
         [sampled] = backend.generate([request], SamplingParams(n=4, temperature=1.0, max_tokens=16, seed=1))

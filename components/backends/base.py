@@ -234,6 +234,19 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release the model, threads or connections."""
 
+    def context_window(self) -> int | None:
+        """The most tokens (prompt and generated) one sequence may hold; None where unknown."""
+        return None
+
+    def prompt_length(self, request: GenerationRequest) -> int | None:
+        """The tokens of ``request``'s prompt; None where the backend cannot count them here."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is None:
+            return None
+        from components.backends.window import prompt_tokens
+
+        return prompt_tokens(tokenizer, request)
+
     def __enter__(self) -> Backend:
         return self
 

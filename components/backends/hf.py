@@ -55,6 +55,7 @@ from components.backends.base import (
     derive_seed,
     render_prompt,
 )
+from components.backends.window import config_window
 from components.platform.errors import GenPRMError
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,9 @@ class HFBackend(Backend):
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def context_window(self) -> int | None:
+        return None if self.model is None else config_window(self.model.config)
 
     # ----- internals -----
 

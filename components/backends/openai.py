@@ -71,6 +71,7 @@ from components.backends.base import (
     request_seeds,
     sample_seed,
 )
+from components.backends.window import served_window
 from components.platform.errors import ConfigError, GenPRMError
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ class OpenAIBackend(Backend):
         self.tokenizer = tokenizer if tokenizer is not None else load_local_tokenizer(cfg.model)
         self.supports_n: bool | None = None
         self.supports_logprobs: bool | None = None
+        self._window: int | None = None
+        self._window_asked = False
         key = os.environ.get(cfg.api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         width = max(1, cfg.max_concurrency)
@@ -200,6 +203,13 @@ class OpenAIBackend(Backend):
             for r, have in enumerate(samples):
                 calls.extend(self._fill_calls(r, len(have), params, seeds[r]))
         return [GenerationResult(s[: params.n]) for s in samples]
+
+    def context_window(self) -> int | None:
+        """The servers' ``max_model_len`` (``components/backends/window.py``), asked once."""
+        if not self._window_asked:
+            self._window = served_window(self.client, [s.url for s in self.servers.servers], self.cfg.model)
+            self._window_asked = True
+        return self._window
 
     def close(self) -> None:
         """Close the HTTP client and the worker threads."""

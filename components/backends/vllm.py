@@ -168,6 +168,10 @@ class VLLMBackend(Backend):
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         return [from_vllm_output(o, params.logprobs) for o in outputs]
 
+    def context_window(self) -> int | None:
+        length = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        return getattr(length, "max_model_len", None)
+
     def close(self) -> None:
         """Drop the engine so its GPU memory can be freed."""
         self.llm = None

@@ -151,6 +151,7 @@ class TurnResult:
     reward_source: RewardSource
     tokens: int
     forced: bool = False
+    cut: bool = False  # never judged: the conversation outgrew the model's context window
 
 
 @dataclass
@@ -231,7 +232,7 @@ class Chain:
         if self.phase == "analyze":
             self.text += ("" if self.text.endswith("\n") else "\n") + ANALYZE_STOP
             if settings.execute and settings.max_rounds == 0:
-                self._open_verdict()
+                self.open_verdict()
             else:
                 self.text, self.phase = self.text + VERIFY_PREFILL, "verify"
             return
@@ -242,7 +243,7 @@ class Chain:
         if not settings.execute:
             self.rounds = len(code_blocks(self.text))
         if self.phase == "verify" or (settings.force_verdict and self._verdict() is None):
-            self._open_verdict()
+            self.open_verdict()
             return
         self._close_turn(forced=False)
 
@@ -258,7 +259,7 @@ class Chain:
             self.text += code_output_block(execution_text(result))
             self.output_end = len(self.text)
 
-    def _open_verdict(self) -> None:
+    def open_verdict(self) -> None:
         """Close what the turn left open and prefill the verdict (the next round writes it)."""
         text = self.text
         if open_code(text) is not None:
@@ -305,10 +306,48 @@ class Chain:
         if self.done:
             self.close()
 
+    def cut_short(self) -> None:
+        """End the chain here: this turn and every later one become missing verdicts (``cut``)."""
+        while not self.done:
+            turn = TurnResult(self.text, None, self.rounds, self.statuses, None, "none", self.tokens)
+            self.turns.append(replace(turn, cut=True))
+            self.text, self.rounds, self.statuses, self.tokens = "", 0, [], 0
+        self.pieces, self.output_end = [], 0
+        self.close()
+
     def close(self) -> None:
         if self.session is not None:
             self.session.close()
             self.session = None
+
+
+def fit_round(chain: Chain, backend: Backend, settings: CritiqueSettings, window: int | None) -> bool:
+    """Whether ``chain``'s next round fits ``window`` (prompt plus ``max_tokens``); makes it fit if it can.
+
+    A round that does not fit gives way to the forced verdict round (16 tokens) where that fits, so the
+    turn is still judged; where not even that fits, the chain is cut short (``Chain.cut_short``) and its
+    remaining steps are missing verdicts. Without a known window or prompt length every round fits.
+    """
+    if window is None:
+        return True
+    while True:
+        used = backend.prompt_length(chain.request(settings.system))
+        if used is None or used + settings.phase_sampling(chain.phase).max_tokens <= window:
+            return True
+        if chain.phase == "verdict":
+            break
+        chain.open_verdict()
+    left = len(chain.steps) - len(chain.turns)
+    log.warning(
+        "critique: the conversation (%d prompt tokens) outgrew the context window of %d tokens; "
+        "the last %d of %d steps get no verdict",
+        used,
+        window,
+        left,
+        len(chain.steps),
+    )
+    chain.cut_short()
+    return False
 
 
 def run_chains(

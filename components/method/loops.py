@@ -66,10 +66,13 @@ def _lockstep_group(
     pool: ThreadPoolExecutor,
     bar: tqdm,
 ) -> int:
-    calls, round_ = 0, 0
+    from components.method.critique import fit_round
+
+    calls, round_, window = 0, 0, backend.context_window()
     while active := [chain for chain in chains if not chain.done]:
         seed = derive_seed(settings.seed, "round", round_)
         before = sum(len(c.turns) for c in active)
+        active = [c for c in active if fit_round(c, backend, settings, window)]
         phases = sorted({c.phase for c in active}, key=("free", "analyze", "verify", "verdict").index)
         for phase in phases:
             batch = [c for c in active if c.phase == phase]
@@ -97,30 +100,39 @@ def run_continuous(
     if sandbox is not None:
         slots = min(slots, sandbox.config.max_sessions)
     from components.backends.engine import Engine
+    from components.method.critique import fit_round
 
     engine = Engine(backend, min(slots, len(chains)) or 1)  # type: ignore[arg-type]
     pending = deque(chains)
     keys: dict[Hashable, Chain] = {id(chain): chain for chain in chains}
     running: list[tuple[Chain, Future[None], int]] = []
-    steps = 0
+    steps, window = 0, backend.context_window()
 
-    def submit(chain: Chain) -> None:
+    def submit(chain: Chain) -> bool:
+        """Queue the chain's next round; False (the chain cut short) where it outgrew the window."""
+        turns = len(chain.turns)
+        if not fit_round(chain, backend, settings, window):
+            bar.update(len(chain.turns) - turns)
+            return False
         engine.submit(id(chain), chain.request(settings.system), settings.phase_sampling(chain.phase))
+        return True
+
+    def submit_pending() -> None:
+        while pending and not submit(pending.popleft()):
+            pass
 
     for _ in range(min(slots, len(pending))):
-        submit(pending.popleft())
+        submit_pending()
     while engine.busy or running:
         finished = engine.step() if engine.busy else []
         steps += 1
         for chain, future, turns in running:  # the pieces of the previous step, in order
             future.result()
             bar.update(len(chain.turns) - turns)
-            if not chain.done:
-                submit(chain)
+            if not chain.done and submit(chain):
                 continue
             engine.release(id(chain))
-            if pending:
-                submit(pending.popleft())
+            submit_pending()
         running = [
             (keys[key], pool.submit(keys[key].advance, sample, settings, sandbox), len(keys[key].turns))
             for key, sample in finished

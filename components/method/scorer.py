@@ -130,6 +130,7 @@ def scored_solution(chains: list[Chain], missing_reward: float = NO_VERDICT_REWA
     turns = [turn for chain in chains for turn in chain.turns]
     statuses = [status for turn in turns for status in turn.statuses]
     counts = {source: sum(t.reward_source == source for t in turns) for source in REWARD_SOURCES}
+    counts["cut"] = sum(t.cut for t in turns)  # missing because the conversation outgrew the context
     return ScoredSolution(
         samples=[[t.reward for t in chain.turns] for chain in chains],
         sources=sorted({t.reward_source for t in turns if t.reward is not None}),
@@ -144,8 +145,9 @@ def scored_solution(chains: list[Chain], missing_reward: float = NO_VERDICT_REWA
 
 
 def verdict_stats(counts: list[dict[str, int]]) -> dict[str, Any]:
-    """Turns critiqued, missing verdicts (count and fraction) and turns per reward source, summed over
-    ``counts`` (``ScoredSolution.source_counts`` of each solution).
+    """Turns critiqued, missing verdicts (count, fraction, and how many of them the context window cut)
+    and turns per reward source, summed over ``counts`` (``ScoredSolution.source_counts`` of each
+    solution).
 
     ``reward_source`` names the one source of every judged turn ("logprobs" or "verdict_text"), "mixed"
     when both occur, "none" when no turn was judged: two benchmarks compare only on the same source.
@@ -157,6 +159,7 @@ def verdict_stats(counts: list[dict[str, int]]) -> dict[str, Any]:
         "turns": turns,
         "missing": total["none"],
         "missing_rate": total["none"] / turns if turns else 0.0,
+        "cut_by_context": sum(int(c.get("cut") or 0) for c in counts),
         "sources": total,
         "reward_source": judged[0] if len(judged) == 1 else ("mixed" if judged else "none"),
     }
