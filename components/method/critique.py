@@ -26,6 +26,11 @@ the paper's code: the loop closes what is open (the code fence, ``</verify>``) a
 ``<output>\n**Judgement**: $\boxed``, so the model states a verdict and the reward is read from its
 top-k logprobs. Only a turn still without a verdict after that is a missing verdict (``verdict=None``).
 
+Context window. Before every round, :func:`fit_round` checks the chain's prompt plus the round's
+``max_tokens`` against ``Backend.context_window()`` (``components/backends/window.py``): a round that does
+not fit gives way to the forced verdict round, and a chain where not even that fits is cut short, its
+remaining steps missing verdicts (``TurnResult.cut``), with a warning.
+
 Seeds. Every chain has a seed (its own, else one derived from ``settings.seed`` and its position), and
 each of its generation rounds sends ``derive_seed(chain seed, round)`` as the request's own seed: the N
 chains of one solution in Maj@N start from the same prompt but never share a seed, on every backend (see
