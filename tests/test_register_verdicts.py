@@ -51,7 +51,7 @@ def test_metrics_without_the_missing_verdict_count_are_refused() -> None:
 
 def test_benchmark_metrics_count_missing_verdicts_and_sources() -> None:
     rows = [
-        {"system": "genprm", "source_counts": {"logprobs": 7, "verdict_text": 0, "none": 1}},
+        {"system": "genprm", "source_counts": {"logprobs": 7, "verdict_text": 0, "none": 1, "cut": 1}},
         {"system": "genprm", "source_counts": {"logprobs": 2, "verdict_text": 0, "none": 0}},
         {"system": "direct", "source_counts": {"logprobs": 0, "verdict_text": 3, "none": 0}},
         {"system": "teacher", "samples": [[1.0]]},  # the teacher's rows have no reward sources
@@ -61,6 +61,7 @@ def test_benchmark_metrics_count_missing_verdicts_and_sources() -> None:
         "turns": 10,
         "missing": 1,
         "missing_rate": 10.0,
+        "cut_by_context": 1,  # the second row, from before the count existed, has no "cut"
         "sources": {"logprobs": 9, "verdict_text": 0, "none": 1},
         "reward_source": "logprobs",
     }
