@@ -241,11 +241,7 @@ class Backend(abc.ABC):
     def prompt_length(self, request: GenerationRequest) -> int | None:
         """The tokens of ``request``'s prompt; None where the backend cannot count them here."""
         tokenizer = getattr(self, "tokenizer", None)
-        if tokenizer is None:
-            return None
-        from components.backends.window import prompt_tokens
-
-        return prompt_tokens(tokenizer, request)
+        return None if tokenizer is None else len(prompt_ids(tokenizer, request))
 
     def __enter__(self) -> Backend:
         return self
@@ -299,6 +295,13 @@ def render_prompt(tokenizer: Any, request: GenerationRequest) -> str:
         text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
         return str(text) + request.prefill
     return (request.prompt or "") + request.prefill
+
+
+def prompt_ids(tokenizer: Any, request: GenerationRequest) -> list[int]:
+    """The prompt's token ids as every backend sends them: a chat template already holds its special
+    tokens; a raw prompt gets the tokenizer's own (as vLLM adds them)."""
+    text = render_prompt(tokenizer, request)
+    return [int(i) for i in tokenizer(text, add_special_tokens=request.messages is None)["input_ids"]]
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

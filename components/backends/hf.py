@@ -53,7 +53,7 @@ from components.backends.base import (
     check_local_model,
     cut_at_stop,
     derive_seed,
-    render_prompt,
+    prompt_ids,
 )
 from components.backends.window import config_window
 from components.platform.errors import GenPRMError
@@ -291,13 +291,10 @@ class HFBackend(Backend):
         return derive_seed(0 if params.seed is None else params.seed, *own)
 
     def _encode(self, request: GenerationRequest) -> list[int]:
-        text = render_prompt(self.tokenizer, request)
-        # A chat template already holds its special tokens; a raw prompt gets the tokenizer's own (as vLLM).
-        special = request.messages is None
-        ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        ids = prompt_ids(self.tokenizer, request)
         if not ids:
             raise GenPRMError("generation request: the prompt is empty")
-        return [int(i) for i in ids]
+        return ids
 
     def generation_config(self, params: SamplingParams) -> GenerationConfig:
         """The full GenerationConfig for ``params``; every sampling knob is set, none inherited."""

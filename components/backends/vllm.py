@@ -41,6 +41,7 @@ from components.backends.base import (
     SamplingParams,
     Seeding,
     TokenLogprob,
+    prompt_ids,
     render_prompt,
     request_seeds,
 )
@@ -111,10 +112,9 @@ def from_vllm_output(output: Any, logprobs: int | None = None) -> GenerationResu
 
 def vllm_prompt(tokenizer: Any, request: GenerationRequest) -> dict[str, Any]:
     """A vLLM prompt: token ids for chat (template already has its special tokens), else text."""
-    text = render_prompt(tokenizer, request)
     if request.messages is not None:
-        return {"prompt_token_ids": list(tokenizer(text, add_special_tokens=False)["input_ids"])}
-    return {"prompt": text}
+        return {"prompt_token_ids": prompt_ids(tokenizer, request)}
+    return {"prompt": render_prompt(tokenizer, request)}
 
 
 def on_cpu() -> bool:
@@ -169,8 +169,8 @@ class VLLMBackend(Backend):
         return [from_vllm_output(o, params.logprobs) for o in outputs]
 
     def context_window(self) -> int | None:
-        length = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
-        return getattr(length, "max_model_len", None)
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        return getattr(config, "max_model_len", None)
 
     def close(self) -> None:
         """Drop the engine so its GPU memory can be freed."""

@@ -8,8 +8,9 @@ stop a chain before its next round no longer fits, instead of sending a request 
 - ``Backend.context_window()``: hf, ``max_position_embeddings`` of the model's config; vllm, the engine's
   ``max_model_len``; openai, the ``max_model_len`` that ``vllm serve`` reports in ``GET /v1/models``
   (the smallest over several servers), None where no server reports one (``transformers serve``).
-- ``Backend.prompt_length(request)``: the prompt's tokens with the backend's own tokenizer, rendered as
-  the backend renders it; None where there is no local tokenizer.
+- ``Backend.prompt_length(request)`` (``components/backends/base.py``): the prompt's tokens with the
+  backend's own tokenizer, encoded as the backend sends them (``prompt_ids``); None where there is no
+  local tokenizer.
 """
 
 from __future__ import annotations
@@ -19,15 +20,7 @@ from typing import Any
 
 import httpx
 
-from components.backends.base import GenerationRequest, render_prompt
-
 log = logging.getLogger(__name__)
-
-
-def prompt_tokens(tokenizer: Any, request: GenerationRequest) -> int:
-    """The number of prompt tokens of ``request`` (a chat template already holds its special tokens)."""
-    text = render_prompt(tokenizer, request)
-    return len(tokenizer(text, add_special_tokens=request.messages is None)["input_ids"])
 
 
 def config_window(config: Any) -> int | None:

@@ -314,8 +314,9 @@ class Chain:
     def cut_short(self) -> None:
         """End the chain here: this turn and every later one become missing verdicts (``cut``)."""
         while not self.done:
-            turn = TurnResult(self.text, None, self.rounds, self.statuses, None, "none", self.tokens)
-            self.turns.append(replace(turn, cut=True))
+            self.turns.append(
+                TurnResult(self.text, None, self.rounds, self.statuses, None, "none", self.tokens, cut=True)
+            )
             self.text, self.rounds, self.statuses, self.tokens = "", 0, [], 0
         self.pieces, self.output_end = [], 0
         self.close()
